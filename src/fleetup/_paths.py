@@ -1,0 +1,92 @@
+"""Pure checks on paths inside a release tree: what may be published or unpacked.
+
+A release tree is a set of entries named by relative POSIX paths. These rules are
+shared by the publisher (refusing to publish a tree that escapes itself) and the agent
+(refusing to unpack an archive that would). No IO here: symlinks are resolved against
+the tree's own link table, never against the real file system.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+
+__all__ = ["PathRejectedError", "check_member_path", "link_escapes", "parent_through_link"]
+
+_MAX_LINK_HOPS = 40  # like the kernel's MAXSYMLINKS
+
+
+class PathRejectedError(ValueError):
+    """A path or link target is not allowed; the message says why."""
+
+
+def check_member_path(name: str) -> str:
+    """Return ``name`` normalized, or raise :class:`PathRejectedError`.
+
+    Refused: empty names, absolute paths, ``..`` components, NUL bytes, backslashes
+    (which some tools treat as separators), and names that normalize to the root.
+    """
+    if not name or "\x00" in name:
+        raise PathRejectedError("empty name or NUL byte")
+    if "\\" in name:
+        raise PathRejectedError("backslash in path")
+    if name.startswith("/"):
+        raise PathRejectedError("absolute path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise PathRejectedError("'..' in path")
+    if not parts:
+        raise PathRejectedError("path names the tree root")
+    return "/".join(parts)
+
+
+def link_escapes(path: str, target: str, links: Mapping[str, str]) -> bool:
+    """Whether the symlink at ``path`` pointing to ``target`` leads outside the tree.
+
+    ``links`` maps every symlink of the tree (normalized path → target), so chains of
+    links inside the tree are followed as the kernel would follow them. An absolute
+    target always escapes. A loop counts as escaping: it cannot be trusted to resolve.
+    """
+    if target.startswith("/") or "\x00" in target or not target:
+        return True
+    components = _split(posixpath.dirname(path)) + _split(target)
+    resolved: list[str] = []
+    hops = 0
+    while components:
+        part = components.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not resolved:
+                return True
+            resolved.pop()
+            continue
+        resolved.append(part)
+        joined = "/".join(resolved)
+        if joined in links:
+            hops += 1
+            if hops > _MAX_LINK_HOPS:
+                return True
+            next_target = links[joined]
+            if next_target.startswith("/"):
+                return True
+            resolved.pop()
+            components = _split(next_target) + components
+    return False
+
+
+def parent_through_link(path: str, links: Mapping[str, str]) -> str | None:
+    """The first proper parent of ``path`` that is a symlink, or ``None``.
+
+    Writing below a symlink would write wherever it points, so unpacking refuses it.
+    """
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        prefix = "/".join(parts[:i])
+        if prefix in links:
+            return prefix
+    return None
+
+
+def _split(path: str) -> list[str]:
+    return [p for p in path.split("/") if p not in ("",)]

@@ -1,0 +1,59 @@
+"""The ``fleetup`` command line: one module per command group, one error boundary.
+
+Commands are thin: they parse options, call the library, and print. Only
+:func:`main` catches everything, turning any error into one line on stderr (and the
+traceback with ``--debug``) and an exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from fleetup.errors import FleetupError
+
+__all__ = ["main"]
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns (and, as a console script, exits with) the exit code."""
+    from fleetup.cli._root import cli
+
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("FLEETUP_DEBUG") == "1"
+    try:
+        result = cli.main(args=args, prog_name="fleetup", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except FleetupError as e:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {e}", err=True)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_ERROR
+    except Exception as e:  # noqa: BLE001 - the one boundary that must catch everything
+        if debug:
+            traceback.print_exc()
+        click.echo(f"internal error: {type(e).__name__}: {e} "
+                   "(run with --debug for the traceback, and please report it)", err=True)
+        return EXIT_ERROR
+    return result if isinstance(result, int) else 0
+
+
+def console_main() -> None:  # pragma: no cover - the installed entry point
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""``fleetup repo``: create a release repository and keep its metadata fresh."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fleetup.cli._options import json_option, passphrase_option, repo_option
+from fleetup.cli._output import emit_json, say
+from fleetup.errors import UsageError
+
+
+@click.group()
+def repo() -> None:
+    """Create and maintain a signed release repository (TUF)."""
+
+
+@repo.command("init")
+@click.argument("repo_dir", metavar="REPO", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--expires-days", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Days until targets (release) metadata expires. [default: 90]")
+@click.option("--expires", "role_expiry", multiple=True, metavar="ROLE=DAYS",
+              help="Expiry of any role, e.g. --expires timestamp=2 (root 365, targets 90, "
+                   "snapshot 7, timestamp 1 by default).")
+@passphrase_option
+@json_option
+def init(repo_dir: Path, expires_days: float | None, role_expiry: tuple[str, ...],
+         passphrase_env: str | None, as_json: bool) -> None:
+    """Create a repository: ed25519 keys for root, targets, snapshot and timestamp.
+
+    Serving REPO with any static HTTP server is a complete static-mode update source.
+    """
+    from fleetup.repository import init_repo, passphrase_from_env
+
+    expiry = _parse_expiry(role_expiry)
+    if expires_days is not None:
+        expiry["targets"] = expires_days
+    layout = init_repo(repo_dir, expiry_days=expiry,
+                       passphrase=passphrase_from_env(passphrase_env))
+    root_file = layout.metadata / "1.root.json"
+    if as_json:
+        emit_json({"repo": str(repo_dir), "trusted_root": str(root_file),
+                   "keys": str(layout.keys)})
+    else:
+        say(f"created repository {repo_dir}")
+        say(f"  ship {root_file} to devices as their trusted_root")
+        say(f"  keep {layout.keys} secret (root and targets keys belong offline)")
+
+
+def _parse_expiry(values: tuple[str, ...]) -> dict[str, float]:
+    result: dict[str, float] = {}
+    for value in values:
+        role, _, days = value.partition("=")
+        if role not in ("root", "targets", "snapshot", "timestamp"):
+            raise UsageError(f"--expires {value}: unknown role {role!r}")
+        try:
+            result[role] = float(days)
+        except ValueError:
+            raise UsageError(f"--expires {value}: DAYS must be a number") from None
+    return result
+
+
+@repo.command("refresh")
+@repo_option
+@click.option("--role", "roles", multiple=True,
+              type=click.Choice(["root", "targets", "snapshot", "timestamp"]),
+              help="Roles to re-sign. [default: snapshot and timestamp]")
+@passphrase_option
+@json_option
+def refresh(repo_dir: Path, roles: tuple[str, ...], passphrase_env: str | None,
+            as_json: bool) -> None:
+    """Re-sign snapshot and timestamp (or the given roles) before they expire."""
+    from fleetup.repository import passphrase_from_env, refresh_repo
+
+    chosen = roles or ("snapshot", "timestamp")
+    if "snapshot" not in chosen and "targets" in chosen:
+        chosen = (*chosen, "snapshot")
+    if "timestamp" not in chosen:
+        chosen = (*chosen, "timestamp")
+    versions = refresh_repo(repo_dir, roles=chosen,
+                            passphrase=passphrase_from_env(passphrase_env))
+    if as_json:
+        emit_json(versions)
+    else:
+        say("re-signed " + ", ".join(f"{r} (v{v})" for r, v in versions.items()))

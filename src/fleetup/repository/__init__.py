@@ -1,0 +1,35 @@
+"""The publisher side: a TUF release repository of fleetup releases and deltas."""
+
+from fleetup.repository._keys import ROLES, passphrase_from_env
+from fleetup.repository._publisher import (
+    AddedRelease,
+    ReleaseRequest,
+    add_release,
+    init_repo,
+    list_releases,
+    open_repository,
+    refresh_repo,
+    releases_of,
+    rotate_key,
+    yank_release,
+)
+from fleetup.repository._store import FileRepository, RepoConfig, RepoLayout, target_file_name
+
+__all__ = [
+    "ROLES",
+    "AddedRelease",
+    "FileRepository",
+    "ReleaseRequest",
+    "RepoConfig",
+    "RepoLayout",
+    "add_release",
+    "init_repo",
+    "list_releases",
+    "open_repository",
+    "passphrase_from_env",
+    "refresh_repo",
+    "releases_of",
+    "rotate_key",
+    "target_file_name",
+    "yank_release",
+]
