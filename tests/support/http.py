@@ -1,0 +1,75 @@
+"""Serve a directory over real HTTP on 127.0.0.1 from a separate process."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+
+class StaticServer:
+    """A running static host. ``url`` ends with a slash; the port survives restarts."""
+
+    def __init__(self, directory: Path, workdir: Path, rate: int | None = None) -> None:
+        self.directory = directory
+        self.rate = rate
+        self.port_file = workdir / f"static-{id(self)}.port"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def start(self) -> StaticServer:
+        if self.port:
+            self.port_file.write_text(str(self.port))
+        else:
+            self.port_file.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "tests.support.static_server", str(self.directory),
+               str(self.port_file)]
+        if self.rate:
+            cmd += ["--rate", str(self.rate)]
+        self.process = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2])
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("static server exited on start")
+            if self.port_file.exists() and self.port_file.read_text().strip():
+                candidate = int(self.port_file.read_text())
+                with contextlib.suppress(httpx.HTTPError):
+                    httpx.get(f"http://127.0.0.1:{candidate}/", timeout=1)
+                    self.port = candidate
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError("static server did not start")
+
+    def kill(self) -> None:
+        """SIGKILL: the connection drops mid-response, like a dead host."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@contextlib.contextmanager
+def serve_directory(directory: Path, workdir: Path, rate: int | None = None
+                    ) -> Iterator[StaticServer]:
+    server = StaticServer(directory, workdir, rate).start()
+    try:
+        yield server
+    finally:
+        server.stop()
