@@ -1,4 +1,68 @@
 """The device side: a persisted, crash-safe update state machine over TUF-verified releases.
 
 The agent never imports the server or the CLI; it installs without FastAPI or SQLAlchemy.
+:func:`build_agent` and :func:`build_daemon` are the composition root: they pick the
+release source, director, event sink and app restarter for static or fleet mode.
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fleetup.agent._agent import Agent, CheckResult, Outcome, Result, VerifyReport
+from fleetup.agent._config import AgentConfig, load_config
+from fleetup.agent._daemon import Daemon
+from fleetup.agent._lifecycle import RESUME, TRANSITIONS, Event, Journal, State
+from fleetup.agent._modules import ModuleHost
+from fleetup.agent._status_api import StatusApi
+from fleetup.agent._supervisor import AppSupervisor, Restarter
+
+__all__ = [
+    "RESUME",
+    "TRANSITIONS",
+    "Agent",
+    "AgentConfig",
+    "CheckResult",
+    "Daemon",
+    "Event",
+    "Journal",
+    "Outcome",
+    "Result",
+    "State",
+    "VerifyReport",
+    "build_agent",
+    "build_daemon",
+    "load_config",
+]
+
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+
+def build_agent(config: AgentConfig, *, progress: ProgressFactory | None = None,
+                restarter: Restarter | None = None) -> Agent:
+    """An :class:`Agent` wired for the config's mode (static, or fleet with a server)."""
+    if config.fleet_mode:
+        from fleetup.agent._fleet import fleet_parts
+
+        director, sink = fleet_parts(config)
+        return Agent(config, director=director, sink=sink, progress=progress,
+                     restarter=restarter)
+    return Agent(config, progress=progress, restarter=restarter)
+
+
+def build_daemon(config: AgentConfig) -> tuple[Daemon, StatusApi | None]:
+    """A daemon supervising the app (if a command is configured) with its modules."""
+    agent_probe = Agent(config)
+    supervisor = None
+    if config.process.command:
+        supervisor = AppSupervisor(config.process.command, agent_probe.store.layout.current,
+                                   agent_probe.app_env(),
+                                   stop_timeout=config.process.stop_timeout,
+                                   log_file=agent_probe.store.layout.logs / "app.log")
+    agent = build_agent(config, restarter=supervisor)
+    modules = ModuleHost(agent.store.layout.current,
+                         hook_timeout=config.modules.hook_timeout) if config.modules.enabled \
+        else None
+    daemon = Daemon(agent, supervisor=supervisor, modules=modules)
+    api = StatusApi(daemon, config.status_api.port) if config.status_api.enabled else None
+    return daemon, api

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["emit_json", "err", "out", "say", "table"]
+__all__ = ["emit_json", "err", "out", "result", "say", "table"]
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -19,6 +19,11 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 def say(message: str) -> None:
     """A progress or status line for people, on stderr (stdout stays for results)."""
     err.print(message, markup=False)
+
+
+def result(message: str) -> None:
+    """A command's answer for people, on stdout."""
+    out.print(message, markup=False)
 
 
 def emit_json(value: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from fleetup._version import __version__
+from fleetup.cli._agent import agent
 from fleetup.cli._keys import keys
 from fleetup.cli._release import release
 from fleetup.cli._repo import repo
@@ -23,3 +24,4 @@ def cli(debug: bool) -> None:
 cli.add_command(repo)
 cli.add_command(release)
 cli.add_command(keys)
+cli.add_command(agent)

@@ -1,0 +1,608 @@
+"""The agent: one object per device root that checks, updates, rolls back and verifies.
+
+Each update or rollback is driven through the lifecycle table (``_lifecycle``). The new
+state is written to the journal *before* its handler runs; a handler does its step
+(idempotently) and returns the next event. A process killed at any instant leaves the
+journal naming a state whose handler can simply run again, or which ``RESUME`` maps to
+a safe one; the next ``update`` or ``run`` finishes the job first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from fleetup._facts import ReleaseFacts, release_target_path
+from fleetup._manifest import scan_tree
+from fleetup._versions import parse_version
+from fleetup.agent._choice import Decision, Defer, DeviceView, Install, RollbackTo, UpToDate
+from fleetup.agent._config import AgentConfig
+from fleetup.agent._director import (
+    AgentEvent,
+    Director,
+    EventSink,
+    LogSink,
+    ReleaseSource,
+    StaticDirector,
+)
+from fleetup.agent._health import plan_health, run_health_check
+from fleetup.agent._install import (
+    clear_downloads,
+    discard_partials,
+    prune_releases,
+    remove_release,
+    stage_archive,
+    stage_delta,
+    tree_is_staged,
+)
+from fleetup.agent._lifecycle import RESUME, Event, Journal, Kind, State
+from fleetup.agent._store import DeviceStore
+from fleetup.agent._supervisor import CommandRestarter, NoRestarter, Restarter
+from fleetup.errors import (
+    DeltaError,
+    FleetupError,
+    IntegrityError,
+    StateError,
+    TrustError,
+    UnsafeArchiveError,
+    UsageError,
+)
+
+__all__ = ["Agent", "CheckResult", "Outcome", "Result", "VerifyReport"]
+
+log = logging.getLogger("fleetup.agent")
+
+SourceFactory = Callable[[], ReleaseSource]
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+
+class Result(StrEnum):
+    NOTHING = "nothing"
+    INSTALLED = "installed"
+    ROLLED_BACK = "rolled-back"
+    REVERTED = "reverted"      # switched back to a kept release on request (or a yank)
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an update or rollback ended. ``version`` is what is installed afterwards."""
+
+    result: Result
+    version: str | None
+    target: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    installed: str | None
+    available: str | None
+    decision: str
+    reason: str
+    skipped: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def update_available(self) -> bool:
+        return self.available is not None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """Per kept version: the paths that differ from the verified manifest."""
+
+    damaged: dict[str, list[str]] = field(default_factory=dict)
+    repaired: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Agent:
+    """The update engine for one device root."""
+
+    def __init__(self, config: AgentConfig, *, source_factory: SourceFactory | None = None,
+                 director: Director | None = None, sink: EventSink | None = None,
+                 restarter: Restarter | None = None, progress: ProgressFactory | None = None,
+                 clock: Callable[[], datetime] | None = None,
+                 stop: threading.Event | None = None) -> None:
+        self.config = config
+        self.store = DeviceStore(config.root)
+        self.source_factory = source_factory or self._default_source
+        self.director: Director = director or StaticDirector(config.policy)
+        self.sink: EventSink = sink or LogSink()
+        self.restarter: Restarter = restarter or self._default_restarter()
+        self.progress = progress
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.stop = stop or threading.Event()
+        self._source: ReleaseSource | None = None
+
+    # -- construction helpers --------------------------------------------------------
+
+    def _default_source(self) -> ReleaseSource:
+        from fleetup.agent._trust import TufReleaseSource
+
+        if self.config.repo_url is None:
+            raise UsageError("no repo_url configured for static mode")
+        return TufReleaseSource.from_config(self.config, self.store.layout)
+
+    def _default_restarter(self) -> Restarter:
+        command = self.config.process.restart_command
+        if command:
+            return CommandRestarter(command, self.config.root, self.app_env())
+        return NoRestarter()
+
+    def app_env(self) -> dict[str, str]:
+        """The environment the app, its restart command and its health check run in."""
+        env = dict(os.environ)
+        env.update(self.config.process.env)
+        env.update(FLEETUP_ROOT=str(self.config.root), FLEETUP_DATA=str(self.store.layout.data),
+                   FLEETUP_APP=self.config.app)
+        installed = self.store.installed_version()
+        if installed:
+            env["FLEETUP_VERSION"] = installed
+        return env
+
+    def device_view(self) -> DeviceView:
+        return DeviceView(
+            device_id=self.config.device_id or self.store.device_id(), app=self.config.app,
+            platform=self.config.platform, channel=self.config.channel,
+            installed=self.store.installed_version(), kept=self.store.kept_versions(),
+            failed=self.store.failed())
+
+    def _fresh_source(self) -> ReleaseSource:
+        """A source refreshed for this cycle (python-tuf refreshes once per Updater)."""
+        if self._source is None:
+            source = self.source_factory()
+            source.refresh()
+            self._source = source
+        return self._source
+
+    @contextlib.contextmanager
+    def cycle(self) -> Iterator[None]:
+        """One locked session: fresh metadata at most once, dropped afterwards."""
+        with self.store.lock():
+            self._source = None
+            try:
+                yield
+            finally:
+                self._source = None
+                self.sink.flush()
+
+    # -- public operations -----------------------------------------------------------
+
+    def check(self) -> CheckResult:
+        """Is there a release to install? Records the answer for ``status``.
+
+        Raises:
+            NetworkError, TrustError, StateError: nothing was decided.
+        """
+        with self.cycle():
+            return self._check()
+
+    def _check(self, wanted: str | None = None) -> CheckResult:
+        device = self.device_view()
+        decision = self.director.decide(device, self._fresh_source(), self.clock(), wanted)
+        result = _check_result(device.installed, decision)
+        self._record_check(decision)
+        self.sink.emit(AgentEvent("check", version=result.available,
+                                  from_version=device.installed, reason=result.reason))
+        return result
+
+    def update(self, wanted: str | None = None) -> Outcome:
+        """One whole cycle: finish an interrupted one, decide, install or roll back.
+
+        Raises:
+            NetworkError, TrustError: the check itself failed; nothing changed.
+            StateError: another agent holds the lock, or the journal is corrupt.
+        """
+        with self.cycle():
+            return self._update(wanted)
+
+    def _update(self, wanted: str | None) -> Outcome:
+        resumed = self.resume()
+        if resumed is not None and resumed.result is Result.STOPPED:
+            return resumed
+        device = self.device_view()
+        decision = self.director.decide(device, self._fresh_source(), self.clock(), wanted)
+        self._record_check(decision)
+        if isinstance(decision, Install) and decision.facts is not None:
+            outcome = self._run(self._begin_update(device, decision.facts, decision))
+        elif isinstance(decision, RollbackTo):
+            outcome = self._run(self._begin_rollback(device.installed, decision.version,
+                                                     decision.reason, blame_installed=False))
+        else:
+            outcome = Outcome(Result.NOTHING, device.installed, reason=decision.reason)
+        if outcome.result is Result.NOTHING and resumed is not None:
+            return resumed
+        return outcome
+
+    def rollback(self, to: str | None = None) -> Outcome:
+        """Switch back to a kept release (the newest older one by default).
+
+        The version rolled back from is not installed again by itself; a newer
+        release is, and ``update --version`` can insist.
+
+        Raises:
+            UsageError: no such kept release, or nothing to roll back to.
+            StateError: another agent holds the lock.
+        """
+        with self.cycle():
+            resumed = self.resume()
+            if resumed is not None and resumed.result is Result.STOPPED:
+                return resumed
+            installed = self.store.installed_version()
+            target = to or self._previous_kept(installed)
+            if target not in self.store.kept_versions():
+                raise UsageError(f"{target} is not a kept release here "
+                                 f"(kept: {', '.join(self.store.kept_versions()) or 'none'})")
+            if target == installed:
+                return Outcome(Result.NOTHING, installed, reason=f"{target} is installed")
+            reason = "rolled back by the operator"
+            return self._run(self._begin_rollback(installed, target, reason,
+                                                  blame_installed=True))
+
+    def _previous_kept(self, installed: str | None) -> str:
+        kept = [v for v in self.store.kept_versions() if v != installed]
+        if installed is None or not kept:
+            raise UsageError("no other kept release to roll back to")
+        current = parse_version(installed)
+        older = [v for v in kept if parse_version(v) < current]
+        return (older or kept)[-1]
+
+    def resume(self) -> Outcome | None:
+        """Finish a cycle a killed process left behind; ``None`` if there was none."""
+        journal = self.store.load_journal()
+        if journal.state is State.IDLE:
+            discard_partials(self.store)
+            return None
+        target = RESUME[journal.state]
+        log.warning("resuming an interrupted %s of %s in state %s", journal.kind,
+                    journal.target, journal.state)
+        if target is not journal.state:
+            reason = (f"interrupted in {journal.state}: back to "
+                      f"{journal.restore or 'nothing installed'}")
+            journal = replace(journal, state=target, reason=reason, blame=False,
+                               resumed=journal.resumed + 1, updated_at=_now_iso())
+            self.store.save_journal(journal)
+        return self._run(journal)
+
+    # -- the driver ------------------------------------------------------------------
+
+    def _begin_update(self, device: DeviceView, facts: ReleaseFacts,
+                      decision: Install) -> Journal:
+        journal = Journal(
+            kind=Kind.UPDATE, update_id=uuid.uuid4().hex, app=self.config.app,
+            installed=device.installed, target=facts.version, restore=device.installed,
+            release=facts.to_custom(), reason=decision.reason, on_purpose=decision.on_purpose,
+            rollout_id=getattr(self.director, "rollout_id", None), started_at=_now_iso())
+        return self._advance(journal, Event.BEGIN)
+
+    def _begin_rollback(self, installed: str | None, target: str, reason: str,
+                        blame_installed: bool) -> Journal:
+        journal = Journal(kind=Kind.ROLLBACK, update_id=uuid.uuid4().hex, app=self.config.app,
+                          installed=installed, target=target, restore=target, reason=reason,
+                          blame=blame_installed, started_at=_now_iso())
+        self.sink.emit(AgentEvent("rollback", version=target, from_version=installed,
+                                  update_id=journal.update_id, reason=reason))
+        return self._advance(journal, Event.ROLLBACK_REQUESTED)
+
+    def _advance(self, journal: Journal, event: Event, **changes: Any) -> Journal:
+        new = journal.advance(event, _now_iso(), **changes)
+        self.store.save_journal(new)
+        return new
+
+    def _run(self, journal: Journal) -> Outcome:
+        handlers: Mapping[State, Callable[[Journal], Journal]] = {
+            State.DOWNLOADING: self._download, State.VERIFIED: self._stage,
+            State.STAGED: self._switch, State.SWITCHED: self._restart,
+            State.HEALTH_CHECKING: self._check_health, State.COMMITTED: self._record,
+            State.FAILED: self._record, State.ROLLING_BACK: self._roll_back,
+            State.ROLLED_BACK: self._record,
+        }
+        ended = journal
+        while journal.state is not State.IDLE:
+            if self.stop.is_set() and journal.state in _ABANDON_ON_STOP:
+                log.info("stopping: leaving the %s of %s to resume later", journal.state,
+                         journal.target)
+                return Outcome(Result.STOPPED, self.store.installed_version(), journal.target,
+                               "stopped before the update finished; it resumes next time")
+            ended = journal
+            journal = handlers[journal.state](journal)
+        return _outcome(ended, self.store.installed_version())
+
+    # -- handlers: each does its step and returns the journal after the next event ---
+
+    def _download(self, j: Journal) -> Journal:
+        facts = ReleaseFacts.from_custom(j.release, j.target or "")
+        self.sink.emit(AgentEvent("download-started", version=j.target, from_version=j.installed,
+                                  update_id=j.update_id, rollout_id=j.rollout_id))
+        try:
+            source = self._fresh_source()
+            artifact, path = self._fetch(source, facts, j)
+        except FleetupError as e:
+            kind = "verify-failed" if _is_trust(e) else "download-failed"
+            self.sink.emit(AgentEvent(kind, version=j.target, from_version=j.installed,
+                                      update_id=j.update_id, rollout_id=j.rollout_id,
+                                      reason=str(e)))
+            return self._advance(j, Event.DOWNLOAD_FAILED, reason=str(e))
+        size = path.stat().st_size if path.exists() else 0
+        self.sink.emit(AgentEvent("download-finished", version=j.target, from_version=j.installed,
+                                  update_id=j.update_id, rollout_id=j.rollout_id,
+                                  details={"artifact": artifact, "bytes": size}))
+        return self._advance(j, Event.DOWNLOADED, artifact=artifact, artifact_path=str(path))
+
+    def _fetch(self, source: ReleaseSource, facts: ReleaseFacts, j: Journal) -> tuple[str, Path]:
+        if tree_is_staged(self.store, facts):
+            return "kept", self.store.layout.release_dir(facts.version)
+        downloads = self.store.layout.downloads
+        base = j.installed
+        if (self.config.download.deltas and j.artifact != "full" and base is not None
+                and base in self.store.kept_versions()):
+            found = source.delta(facts.app, facts.platform, base, facts.version)
+            if found is not None and found[1] < source.release_length(facts):
+                delta, length = found
+                label = f"delta {base} → {facts.version}"
+                try:
+                    path = source.download(delta.target_path,
+                                           downloads / _file_name(delta.target_path),
+                                           self._progress(label, length))
+                    return f"delta:{base}", path
+                except FleetupError as e:
+                    log.warning("delta download failed (%s); using the full archive", e)
+        length = source.release_length(facts)
+        path = source.download(facts.target_path, downloads / _file_name(facts.target_path),
+                               self._progress(f"{facts.app} {facts.version}", length))
+        return "full", path
+
+    def _progress(self, label: str, total: int) -> Callable[[int, int], None] | None:
+        if self.progress is None:
+            return None
+        advance = self.progress(label, total)
+        seen = [0]
+
+        def report(done: int, _total: int) -> None:
+            if done > seen[0]:
+                advance(done - seen[0])
+                seen[0] = done
+
+        return report
+
+    def _stage(self, j: Journal) -> Journal:
+        facts = ReleaseFacts.from_custom(j.release, j.target or "")
+        artifact = j.artifact or "full"
+        path = Path(j.artifact_path or "")
+        try:
+            if artifact.startswith("delta:"):
+                try:
+                    stage_delta(self.store, facts, path, artifact.partition(":")[2])
+                except (DeltaError, IntegrityError, UnsafeArchiveError, StateError) as e:
+                    log.warning("delta did not apply (%s); falling back to the full archive", e)
+                    return self._advance(j, Event.DELTA_FAILED, artifact="full",
+                                         artifact_path=None)
+            elif artifact == "full":
+                stage_archive(self.store, facts, path)
+        except FleetupError as e:
+            self.sink.emit(AgentEvent("verify-failed" if _is_trust(e) else "error",
+                                      version=j.target, from_version=j.installed,
+                                      update_id=j.update_id, rollout_id=j.rollout_id,
+                                      reason=str(e)))
+            return self._advance(j, Event.STAGE_FAILED, reason=str(e))
+        self.sink.emit(AgentEvent("staged", version=j.target, update_id=j.update_id,
+                                  rollout_id=j.rollout_id))
+        return self._advance(j, Event.STAGED)
+
+    def _switch(self, j: Journal) -> Journal:
+        try:
+            self.store.point_current(j.target)
+        except FleetupError as e:
+            return self._advance(j, Event.SWITCH_FAILED, reason=str(e))
+        self.sink.emit(AgentEvent("switched", version=j.target, from_version=j.installed,
+                                  update_id=j.update_id, rollout_id=j.rollout_id))
+        return self._advance(j, Event.SWITCHED)
+
+    def _restart(self, j: Journal) -> Journal:
+        try:
+            self.restarter.restart()
+        except FleetupError as e:
+            return self._advance(j, Event.RESTART_FAILED, reason=str(e), blame=True)
+        return self._advance(j, Event.RESTARTED)
+
+    def _check_health(self, j: Journal) -> Journal:
+        facts = ReleaseFacts.from_custom(j.release, j.target or "")
+        plan = plan_health(facts.health, self.config.health)
+        reason = run_health_check(plan, cwd=self.store.layout.current, env=self.app_env(),
+                                  app=self.restarter)
+        if reason is None:
+            self.sink.emit(AgentEvent("health-passed", version=j.target, from_version=j.installed,
+                                      update_id=j.update_id, rollout_id=j.rollout_id))
+            return self._advance(j, Event.HEALTH_PASSED)
+        self.sink.emit(AgentEvent("health-failed", version=j.target, from_version=j.installed,
+                                  update_id=j.update_id, rollout_id=j.rollout_id, reason=reason))
+        return self._advance(j, Event.HEALTH_FAILED, reason=reason, blame=True)
+
+    def _roll_back(self, j: Journal) -> Journal:
+        restore = j.restore
+        if restore is not None and restore not in self.store.kept_versions():
+            raise StateError(f"cannot roll back: release {restore} is no longer kept")
+        self.store.point_current(restore)
+        try:
+            self.restarter.restart()
+        except FleetupError as e:
+            log.error("the restored version %s did not restart: %s", restore, e)
+        if j.kind is Kind.UPDATE and j.blame and j.target:
+            self.store.mark_failed(j.target, j.reason)
+            remove_release(self.store, j.target)
+        elif j.kind is Kind.ROLLBACK and j.blame and j.installed:
+            self.store.mark_failed(j.installed, j.reason)
+        return self._advance(j, Event.ROLLED_BACK)
+
+    def _record(self, j: Journal) -> Journal:
+        """Terminal states: write history, tidy up, report, return to idle."""
+        result = {State.COMMITTED: "committed", State.FAILED: "failed",
+                  State.ROLLED_BACK: "rolled-back"}[j.state]
+        if j.state is State.COMMITTED:
+            self.store.clear_failed(j.target or "")
+            prune_releases(self.store, self.config.keep)
+        if j.state is not State.FAILED:
+            clear_downloads(self.store)
+        else:
+            clear_downloads(self.store, keep_partial=True)
+            discard_partials(self.store)
+        self.store.append_history({
+            "update_id": j.update_id, "kind": j.kind.value, "result": result,
+            "from": j.installed, "to": j.target if j.state is not State.ROLLED_BACK
+            else j.restore, "attempted": j.target, "reason": j.reason,
+            "artifact": j.artifact, "started_at": j.started_at, "finished_at": _now_iso(),
+            "rollout_id": j.rollout_id})
+        if j.state is State.COMMITTED:
+            self.sink.emit(AgentEvent("committed", version=j.target, from_version=j.installed,
+                                      update_id=j.update_id, rollout_id=j.rollout_id))
+        elif j.state is State.ROLLED_BACK:
+            self.sink.emit(AgentEvent("rolled-back", version=j.restore, from_version=j.target,
+                                      update_id=j.update_id, rollout_id=j.rollout_id,
+                                      reason=j.reason))
+        self._clear_pending(j)
+        idle = Journal(updated_at=_now_iso())
+        self.store.save_journal(idle)
+        log.info("%s %s: %s%s", j.kind, j.target, result, f" ({j.reason})" if j.reason else "")
+        return idle
+
+    # -- status and history ----------------------------------------------------------
+
+    def _record_check(self, decision: Decision) -> None:
+        status = self.store.load_status()
+        status["last_check"] = _now_iso()
+        pending = decision.facts if isinstance(decision, Install | Defer) else None
+        status["pending"] = None if pending is None else {
+            "version": pending.version, "type": pending.update_type.value,
+            "reason": decision.reason, "notes": pending.notes}
+        status["not_offered"] = [{"version": v, "reason": r} for v, r in decision.skipped]
+        status["last_decision"] = decision.reason
+        self.store.save_status(status)
+
+    def _clear_pending(self, j: Journal) -> None:
+        status = self.store.load_status()
+        pending = status.get("pending")
+        if isinstance(pending, dict) and pending.get("version") == j.target \
+                and j.kind is Kind.UPDATE:
+            status["pending"] = None
+            self.store.save_status(status)
+
+    def status(self) -> dict[str, Any]:
+        """What ``status --json`` prints: version, state, last_check, pending, and more."""
+        journal = self.store.load_journal()
+        saved = self.store.load_status()
+        failed = self.store.failed()
+        device_id = self.config.device_id or self.store.device_id()
+        body: dict[str, Any] = {
+            "app": self.config.app, "device_id": device_id,
+            "mode": "fleet" if self.config.fleet_mode else "static",
+            "channel": self.config.channel, "platform": self.config.platform,
+            "version": self.store.installed_version(), "state": journal.state.value,
+            "last_check": saved.get("last_check"), "pending": saved.get("pending"),
+            "kept": self.store.kept_versions(),
+            "failed": [{"version": v, "reason": r} for v, r in failed.items()],
+            "not_offered": saved.get("not_offered", []),
+        }
+        if journal.state is not State.IDLE:
+            body["update"] = {"kind": journal.kind.value, "from": journal.installed,
+                              "to": journal.target, "started_at": journal.started_at,
+                              "reason": journal.reason}
+        return body
+
+    def history(self) -> list[dict[str, Any]]:
+        return self.store.history()
+
+    # -- verify ----------------------------------------------------------------------
+
+    def verify(self, repair: bool = False) -> VerifyReport:
+        """Re-hash every kept tree against the manifest verified at install time (itself
+        checked against the signed digest); with ``repair``, re-fetch damaged trees.
+
+        Raises:
+            StateError: another agent holds the lock, or a manifest is missing.
+            NetworkError, TrustError: a repair download failed.
+        """
+        with self.cycle():
+            report = VerifyReport()
+            for version in self.store.kept_versions():
+                report.checked.append(version)
+                damaged = self._damage(version)
+                if damaged:
+                    report.damaged[version] = damaged
+                    if repair:
+                        self._repair(version)
+                        report.repaired.append(version)
+            return report
+
+    def _damage(self, version: str) -> list[str]:
+        manifest, facts = self.store.load_manifest(version)
+        if manifest.digest() != facts.tree_digest:
+            return ["(verified manifest does not match the signed digest)"]
+        try:
+            actual = scan_tree(self.store.layout.release_dir(version))
+        except FleetupError as e:
+            return [str(e)]
+        return actual.diff(manifest)
+
+    def _repair(self, version: str) -> None:
+        from fleetup.agent._repair import repair_tree
+
+        _, facts = self.store.load_manifest(version)
+        source = self._fresh_source()
+        path = source.download(facts.target_path, self.store.layout.downloads /
+                               _file_name(release_target_path(facts.app, facts.platform,
+                                                              facts.version)))
+        try:
+            repair_tree(self.store, facts, path)
+        finally:
+            clear_downloads(self.store)
+
+
+_ABANDON_ON_STOP = frozenset({State.DOWNLOADING, State.VERIFIED, State.STAGED})
+
+
+def _file_name(target_path: str) -> str:
+    return target_path.replace("/", "_")
+
+
+def _is_trust(error: FleetupError) -> bool:
+    return isinstance(error, TrustError | UnsafeArchiveError)
+
+
+def _check_result(installed: str | None, decision: Decision) -> CheckResult:
+    if isinstance(decision, Install | Defer) and decision.facts is not None:
+        kind = "install" if isinstance(decision, Install) else "defer"
+        return CheckResult(installed, decision.facts.version, kind, decision.reason,
+                           decision.skipped)
+    if isinstance(decision, RollbackTo):
+        return CheckResult(installed, decision.version, "rollback", decision.reason,
+                           decision.skipped)
+    assert isinstance(decision, UpToDate | Decision)
+    return CheckResult(installed, None, "none", decision.reason, decision.skipped)
+
+
+def _outcome(last: Journal, installed: str | None) -> Outcome:
+    if last.state is State.COMMITTED:
+        return Outcome(Result.INSTALLED, installed, last.target, last.reason)
+    if last.state in (State.ROLLED_BACK, State.ROLLING_BACK):
+        if last.kind is Kind.ROLLBACK:
+            return Outcome(Result.REVERTED, installed, last.target, last.reason)
+        result = Result.ROLLED_BACK if last.blame else Result.NOTHING
+        return Outcome(result, installed, last.target, last.reason)
+    if last.state is State.FAILED:
+        return Outcome(Result.FAILED, installed, last.target, last.reason)
+    return Outcome(Result.NOTHING, installed, last.target, last.reason)

@@ -1,0 +1,219 @@
+"""What should this device do? A pure decision over signed release facts.
+
+Static mode decides here entirely; fleet mode lets the server choose and then checks its
+choice against the same signed facts (:func:`check_instruction`). Pure: the inputs are
+values (facts, versions, policy, the local time, the device id), the output a
+:class:`Decision`.
+
+Rules, in order:
+
+1. An explicit version (``update --version V``) is installed if it is a signed,
+   unyanked release newer than what is installed — even if it failed here before
+   (an operator may insist) or policy would wait.
+2. If the installed release is yanked, move off it: to the newest eligible release if
+   one is newer, else back to the newest older unyanked release (a kept one is a
+   rollback; otherwise the publisher's yank is the signature for this downgrade).
+3. Otherwise the newest release on this device's channel and platform that is newer
+   than the installed one, not yanked, allowed from the installed version
+   (``min_from``), not failed here, and whose phased rollout has reached this device's
+   cohort. Its update type and the maintenance window decide whether it installs now
+   (``Install``) or waits (``Defer``) — except on a device with nothing installed,
+   where there is nothing to break and the newest release installs at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from packaging.version import Version
+
+from fleetup._cohort import cohort_of
+from fleetup._facts import ReleaseFacts
+from fleetup._versions import parse_version
+from fleetup.agent._config import PolicyConfig
+from fleetup.errors import UsageError
+
+__all__ = ["Decision", "Defer", "DeviceView", "Install", "RollbackTo", "UpToDate",
+           "check_instruction", "choose"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    reason: str = ""
+    # Releases this device is deliberately not offered (failed here, not in cohort yet).
+    skipped: tuple[tuple[str, str], ...] = field(default=(), kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class UpToDate(Decision):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Install(Decision):
+    facts: ReleaseFacts | None = None
+    on_purpose: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Defer(Decision):
+    """A release is available but waits: manual-only type, or outside the window."""
+
+    facts: ReleaseFacts | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackTo(Decision):
+    """Go back to a kept release (no download)."""
+
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """What the decision needs to know about the device."""
+
+    device_id: str
+    app: str
+    platform: str
+    channel: str
+    installed: str | None
+    kept: Collection[str] = ()
+    failed: Mapping[str, str] = field(default_factory=dict)
+
+
+def choose(releases: Iterable[ReleaseFacts], device: DeviceView, policy: PolicyConfig,
+           now: datetime, wanted: str | None = None) -> Decision:
+    """Decide what ``device`` should do given the signed ``releases``.
+
+    ``now`` is timezone-aware; the maintenance window is read in its local time.
+
+    Raises:
+        UsageError: ``wanted`` is not a signed release for this device, is yanked, or
+            is not newer than the installed version.
+    """
+    mine = [f for f in releases if f.app == device.app and f.platform == device.platform]
+    installed = parse_version(device.installed) if device.installed else None
+    if wanted is not None:
+        return _explicit(mine, wanted, installed)
+    current = _find(mine, installed) if installed is not None else None
+    on_channel = [f for f in mine if device.channel in f.channels and not f.yanked]
+    if current is not None and current.yanked:
+        return _leave_yanked(current, on_channel, device, now)
+    skipped: list[tuple[str, str]] = []
+    for facts in sorted(on_channel, key=lambda f: f.parsed_version, reverse=True):
+        version = facts.parsed_version
+        if installed is not None and version <= installed:
+            break
+        blocked = _blocked(facts, device, installed, now)
+        if blocked:
+            skipped.append((facts.version, blocked))
+            continue
+        if installed is None:
+            # Nothing installed, nothing to break: the first install ignores type policy.
+            return Install("first install", facts=facts, skipped=tuple(skipped))
+        return _by_policy(facts, policy, now, tuple(skipped))
+    reason = "up to date" if installed is not None else "no release for this device yet"
+    return UpToDate(reason, skipped=tuple(skipped))
+
+
+def _explicit(mine: Sequence[ReleaseFacts], wanted: str, installed: Version | None) -> Decision:
+    facts = _find(mine, parse_version(wanted))
+    if facts is None:
+        raise UsageError(f"no signed release {wanted} for this app and platform")
+    if facts.yanked:
+        raise UsageError(f"{facts.version} is yanked: {facts.yank_reason or 'no reason given'}")
+    if installed is not None and facts.parsed_version <= installed:
+        raise UsageError(f"{facts.version} is not newer than the installed {installed}; "
+                         "use `rollback --to` for a kept release")
+    return Install("requested by the operator", facts=facts, on_purpose=True)
+
+
+def _leave_yanked(current: ReleaseFacts, on_channel: Sequence[ReleaseFacts],
+                  device: DeviceView, now: datetime) -> Decision:
+    why = f"{current.version} was yanked: {current.yank_reason or 'no reason given'}"
+    installed = current.parsed_version
+    newer = [f for f in on_channel if f.parsed_version > installed
+             and not _blocked(f, device, installed, now)]
+    if newer:
+        best = max(newer, key=lambda f: f.parsed_version)
+        return Install(why, facts=best)
+    older = sorted((f for f in on_channel if f.parsed_version < installed),
+                   key=lambda f: f.parsed_version, reverse=True)
+    for facts in older:
+        if facts.version in device.kept:
+            return RollbackTo(why, version=facts.version)
+    if older:
+        return Install(why, facts=older[0], on_purpose=True)
+    return UpToDate(f"{why}; no other release to go to")
+
+
+def _blocked(facts: ReleaseFacts, device: DeviceView, installed: Version | None,
+             now: datetime) -> str:
+    """Why ``facts`` is not offered to this device, or ``""``."""
+    if facts.version in device.failed:
+        return f"failed its health check here: {device.failed[facts.version]}"
+    if facts.min_from and installed is not None and installed < parse_version(facts.min_from):
+        return f"needs {facts.min_from} or later installed first"
+    if facts.rollout is not None:
+        percent = facts.rollout.percent_at(now)
+        cohort = cohort_of(device.device_id, facts.target_path)
+        if cohort >= percent:
+            return f"phased rollout at {percent:g}% has not reached this device ({cohort:.1f})"
+    return ""
+
+
+def _by_policy(facts: ReleaseFacts, policy: PolicyConfig, now: datetime,
+               skipped: tuple[tuple[str, str], ...]) -> Decision:
+    kind = facts.update_type
+    if kind not in policy.auto:
+        return Defer(f"{kind} updates install only on request (update --version "
+                     f"{facts.version})", facts=facts, skipped=skipped)
+    window = policy.window
+    if window is not None and kind not in policy.window_exempt \
+            and not window.contains(now.astimezone().time()):
+        return Defer(f"waiting for the maintenance window {window}", facts=facts,
+                     skipped=skipped)
+    return Install(f"{kind} update", facts=facts, skipped=skipped)
+
+
+def _find(mine: Iterable[ReleaseFacts], version: Version) -> ReleaseFacts | None:
+    for facts in mine:
+        if facts.parsed_version == version:
+            return facts
+    return None
+
+
+def check_instruction(releases: Iterable[ReleaseFacts], device: DeviceView, version: str,
+                      rollback: bool) -> Decision:
+    """Check a fleet server's instruction against the signed facts.
+
+    The server chooses among signed releases, nothing more: it may send this device to
+    an unyanked release of its app and platform that is newer than the installed one,
+    or back to a kept release. A downgrade to anything else needs the publisher's
+    signature (a yank), which :func:`choose` handles.
+
+    Raises:
+        UsageError: the instruction is not allowed; the message says why.
+    """
+    mine = [f for f in releases if f.app == device.app and f.platform == device.platform]
+    if rollback:
+        if version not in device.kept:
+            raise UsageError(f"server asked to roll back to {version}, which is not kept here")
+        return RollbackTo("rollback requested by the fleet server", version=version)
+    facts = _find(mine, parse_version(version))
+    if facts is None:
+        raise UsageError(f"server asked for {version}, which is not a signed release "
+                         f"for {device.app} on {device.platform}")
+    if facts.yanked:
+        raise UsageError(f"server asked for {version}, which the publisher yanked")
+    if facts.version in device.failed:
+        return UpToDate("not installing what failed here before",
+                        skipped=((facts.version, device.failed[facts.version]),))
+    installed = parse_version(device.installed) if device.installed else None
+    if installed is not None and facts.parsed_version <= installed:
+        raise UsageError(f"server asked for {version}, not newer than the installed "
+                         f"{installed}: refusing a downgrade the publisher did not sign")
+    return Install("chosen by the fleet server", facts=facts)

@@ -1,0 +1,369 @@
+"""The agent's configuration: AGENT.toml parsed into frozen, validated values.
+
+Every key has a default except ``app``, ``root`` and the root of trust. Relative paths
+are taken relative to the config file's directory. Errors name the key and the file in
+one line (:class:`~fleetup.errors.ConfigError`).
+
+::
+
+    app = "hello"
+    root = "/opt/hello"
+    repo_url = "http://127.0.0.1:8080/"      # static mode
+    trusted_root = "/etc/fleetup/root.json"
+    channel = "stable"
+    # platform, device_id, keep = 3, poll_interval = 3600, poll_jitter = 0.1
+    # server_url + enrollment_token (fleet mode), tags = {site = "lab"}
+
+    [policy]   auto = ["patch", "minor", "security", "hotfix"], window = "02:00-04:00"
+    [download] timeout, deadline, retries, backoff, max_backoff, bandwidth, deltas
+    [process]  command = [...], restart_command = [...], env = {...}, stop_timeout
+    [health]   command = [...], url, timeout, startup_grace, crash_loop_restarts, ...
+    [modules]  enabled, tick_interval
+    [status_api] enabled, port             (loopback only)
+    [log]      json, level
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import time
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fleetup._facts import check_name, default_platform
+from fleetup._versions import UpdateType
+from fleetup.errors import ConfigError, UsageError
+
+__all__ = [
+    "AgentConfig",
+    "DownloadConfig",
+    "HealthConfig",
+    "MaintenanceWindow",
+    "ModulesConfig",
+    "PolicyConfig",
+    "ProcessConfig",
+    "StatusApiConfig",
+    "load_config",
+]
+
+T = TypeVar("T")
+
+DEFAULT_AUTO = frozenset({UpdateType.PATCH, UpdateType.MINOR, UpdateType.SECURITY,
+                          UpdateType.HOTFIX})
+DEFAULT_WINDOW_EXEMPT = frozenset({UpdateType.SECURITY, UpdateType.HOTFIX})
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceWindow:
+    """A daily window of local time, e.g. 22:00-04:00 (may wrap past midnight)."""
+
+    start: time
+    end: time
+
+    def contains(self, moment: time) -> bool:
+        if self.start <= self.end:
+            return self.start <= moment < self.end
+        return moment >= self.start or moment < self.end
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+    @classmethod
+    def parse(cls, text: str) -> MaintenanceWindow:
+        """Raises ValueError if ``text`` is not ``HH:MM-HH:MM``."""
+        start, sep, end = text.partition("-")
+        if not sep:
+            raise ValueError(f"expected HH:MM-HH:MM, got {text!r}")
+        return cls(time.fromisoformat(start.strip()), time.fromisoformat(end.strip()))
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """Which update types install by themselves, and when."""
+
+    auto: frozenset[UpdateType] = DEFAULT_AUTO
+    window: MaintenanceWindow | None = None
+    window_exempt: frozenset[UpdateType] = DEFAULT_WINDOW_EXEMPT
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadConfig:
+    timeout: float = 30.0
+    deadline: float = 3600.0
+    retries: int = 5
+    backoff: float = 1.0
+    max_backoff: float = 60.0
+    bandwidth: int = 0
+    deltas: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessConfig:
+    """The application process the agent supervises (``run``) or restarts (``update``)."""
+
+    command: tuple[str, ...] = ()
+    restart_command: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    stop_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """Local additions to each release's signed health check."""
+
+    command: tuple[str, ...] = ()
+    url: str | None = None
+    timeout: float | None = None
+    startup_grace: float = 2.0
+    crash_loop_restarts: int = 3
+    crash_loop_window: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModulesConfig:
+    enabled: bool = True
+    tick_interval: float = 10.0
+    hook_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class StatusApiConfig:
+    enabled: bool = False
+    port: int = 8765
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    app: str
+    root: Path
+    trusted_root: Path
+    repo_url: str | None = None
+    channel: str = "stable"
+    platform: str = field(default_factory=default_platform)
+    device_id: str | None = None
+    keep: int = 3
+    poll_interval: float = 3600.0
+    poll_jitter: float = 0.1
+    server_url: str | None = None
+    enrollment_token: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    policy: PolicyConfig = PolicyConfig()
+    download: DownloadConfig = DownloadConfig()
+    process: ProcessConfig = ProcessConfig()
+    health: HealthConfig = HealthConfig()
+    modules: ModulesConfig = ModulesConfig()
+    status_api: StatusApiConfig = StatusApiConfig()
+    log_json: bool = False
+    log_level: str = "INFO"
+    source: Path | None = None
+
+    @property
+    def fleet_mode(self) -> bool:
+        return self.server_url is not None
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate an agent config file.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or a key is missing or invalid.
+    """
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from e
+    try:
+        return _parse(raw, path.resolve().parent, path)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _parse(raw: Mapping[str, Any], base: Path, source: Path) -> AgentConfig:
+    known = {"app", "root", "trusted_root", "repo_url", "channel", "platform", "device_id",
+             "keep", "poll_interval", "poll_jitter", "server_url", "enrollment_token", "tags",
+             "policy", "download", "process", "health", "modules", "status_api", "log"}
+    _no_unknown(raw, known, "")
+    app_name = _get(raw, "app", str, required=True)
+    repo_url = _opt(raw, "repo_url", str)
+    server_url = _opt(raw, "server_url", str)
+    if repo_url is None and server_url is None:
+        raise ConfigError("set repo_url (static mode) or server_url (fleet mode)")
+    try:
+        check_name("app", app_name)
+        channel = check_name("channel", _get(raw, "channel", str, "stable"))
+        platform = check_name("platform", _get(raw, "platform", str, default_platform()))
+    except UsageError as e:
+        raise ConfigError(str(e)) from None
+    keep = _get(raw, "keep", int, 3)
+    if keep < 1:
+        raise ConfigError("keep must be at least 1")
+    log = _section(raw, "log")
+    return AgentConfig(
+        app=app_name,
+        root=_path(base, _get(raw, "root", str, required=True)),
+        trusted_root=_path(base, _get(raw, "trusted_root", str, required=True)),
+        repo_url=_with_slash(repo_url),
+        server_url=_with_slash(server_url),
+        enrollment_token=_opt(raw, "enrollment_token", str),
+        channel=channel, platform=platform,
+        device_id=_opt(raw, "device_id", str),
+        keep=keep,
+        poll_interval=_positive(raw, "poll_interval", 3600.0),
+        poll_jitter=_get(raw, "poll_jitter", float, 0.1),
+        tags=_str_map(raw.get("tags", {}), "tags"),
+        policy=_policy(_section(raw, "policy")),
+        download=_download(_section(raw, "download")),
+        process=_process(_section(raw, "process")),
+        health=_health(_section(raw, "health")),
+        modules=_modules(_section(raw, "modules")),
+        status_api=_status_api(_section(raw, "status_api")),
+        log_json=_get(log, "json", bool, False),
+        log_level=_get(log, "level", str, "INFO").upper(),
+        source=source,
+    )
+
+
+def _policy(raw: Mapping[str, Any]) -> PolicyConfig:
+    _no_unknown(raw, {"auto", "window", "window_exempt"}, "policy.")
+    window_text = _opt(raw, "window", str)
+    try:
+        window = MaintenanceWindow.parse(window_text) if window_text else None
+    except ValueError as e:
+        raise ConfigError(f"policy.window: {e}") from None
+    return PolicyConfig(auto=_types(raw, "auto", DEFAULT_AUTO),
+                        window=window,
+                        window_exempt=_types(raw, "window_exempt", DEFAULT_WINDOW_EXEMPT))
+
+
+def _types(raw: Mapping[str, Any], key: str, default: frozenset[UpdateType]
+           ) -> frozenset[UpdateType]:
+    if key not in raw:
+        return default
+    values = raw[key]
+    if not isinstance(values, list):
+        raise ConfigError(f"policy.{key} must be a list of update types")
+    try:
+        return frozenset(UpdateType(v) for v in values)
+    except ValueError as e:
+        raise ConfigError(f"policy.{key}: {e} (patch, minor, major, security, hotfix)") from None
+
+
+def _download(raw: Mapping[str, Any]) -> DownloadConfig:
+    _no_unknown(raw, {"timeout", "deadline", "retries", "backoff", "max_backoff",
+                      "bandwidth", "deltas"}, "download.")
+    return DownloadConfig(
+        timeout=_positive(raw, "timeout", 30.0, "download."),
+        deadline=_positive(raw, "deadline", 3600.0, "download."),
+        retries=_get(raw, "retries", int, 5),
+        backoff=_positive(raw, "backoff", 1.0, "download."),
+        max_backoff=_positive(raw, "max_backoff", 60.0, "download."),
+        bandwidth=_get(raw, "bandwidth", int, 0),
+        deltas=_get(raw, "deltas", bool, True))
+
+
+def _process(raw: Mapping[str, Any]) -> ProcessConfig:
+    _no_unknown(raw, {"command", "restart_command", "env", "stop_timeout"}, "process.")
+    return ProcessConfig(command=_argv(raw, "command"),
+                         restart_command=_argv(raw, "restart_command"),
+                         env=_str_map(raw.get("env", {}), "process.env"),
+                         stop_timeout=_positive(raw, "stop_timeout", 10.0, "process."))
+
+
+def _health(raw: Mapping[str, Any]) -> HealthConfig:
+    _no_unknown(raw, {"command", "url", "timeout", "startup_grace", "crash_loop_restarts",
+                      "crash_loop_window"}, "health.")
+    timeout = raw.get("timeout")
+    return HealthConfig(
+        command=_argv(raw, "command"), url=_opt(raw, "url", str),
+        timeout=None if timeout is None else _positive(raw, "timeout", 30.0, "health."),
+        startup_grace=_get(raw, "startup_grace", float, 2.0),
+        crash_loop_restarts=_get(raw, "crash_loop_restarts", int, 3),
+        crash_loop_window=_positive(raw, "crash_loop_window", 60.0, "health."))
+
+
+def _modules(raw: Mapping[str, Any]) -> ModulesConfig:
+    _no_unknown(raw, {"enabled", "tick_interval", "hook_timeout"}, "modules.")
+    return ModulesConfig(enabled=_get(raw, "enabled", bool, True),
+                         tick_interval=_positive(raw, "tick_interval", 10.0, "modules."),
+                         hook_timeout=_positive(raw, "hook_timeout", 30.0, "modules."))
+
+
+def _status_api(raw: Mapping[str, Any]) -> StatusApiConfig:
+    _no_unknown(raw, {"enabled", "port"}, "status_api.")
+    port = _get(raw, "port", int, 8765)
+    if not 0 <= port < 65536:
+        raise ConfigError("status_api.port must be a TCP port")
+    return StatusApiConfig(enabled=_get(raw, "enabled", bool, False), port=port)
+
+
+# -- small typed readers ----------------------------------------------------------------
+
+
+def _section(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"[{key}] must be a table")
+    return value
+
+
+def _get(raw: Mapping[str, Any], key: str, kind: type[T], default: T | None = None,
+         required: bool = False) -> T:
+    if key not in raw:
+        if required or default is None:
+            raise ConfigError(f"missing required key {key!r}")
+        return default
+    value = raw[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _opt(raw: Mapping[str, Any], key: str, kind: type[T]) -> T | None:
+    return _get(raw, key, kind) if raw.get(key) is not None else None
+
+
+def _positive(raw: Mapping[str, Any], key: str, default: float, prefix: str = "") -> float:
+    value = _get(raw, key, float, default)
+    if value <= 0:
+        raise ConfigError(f"{prefix}{key} must be positive")
+    return value
+
+
+def _argv(raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key} must be a list of strings (an argv), e.g. [\"./run.sh\"]")
+    return tuple(value)
+
+
+def _str_map(value: object, key: str) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ConfigError(f"{key} must be a table of strings")
+    return dict(value)
+
+
+def _no_unknown(raw: Mapping[str, Any], known: set[str], prefix: str) -> None:
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}")
+
+
+def _path(base: Path, text: str) -> Path:
+    return (base / text).resolve() if not Path(text).is_absolute() else Path(text)
+
+
+def _with_slash(url: str | None) -> str | None:
+    if url is None:
+        return None
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"not an http(s) URL: {url!r}")
+    return url if url.endswith("/") else url + "/"

@@ -1,0 +1,179 @@
+"""``fleetup agent run``: poll, update, supervise the app, tick modules, stop cleanly.
+
+The daemon holds the device lock for its whole life. Update cycles run in a worker
+thread so the main loop keeps supervising the app and ticking modules during a long
+download. SIGTERM/SIGINT set the stop event: a cycle in a state that is safe to leave
+(downloading, verified, staged) is abandoned — it resumes on the next start — while a
+cycle past the switch is allowed to finish (commit or roll back) first.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from fleetup.agent._agent import Agent, Outcome, Result
+from fleetup.agent._lifecycle import FINISH_BEFORE_STOP
+from fleetup.agent._modules import ModuleHost
+from fleetup.agent._supervisor import AppSupervisor
+from fleetup.errors import FleetupError
+
+__all__ = ["Daemon", "Request"]
+
+log = logging.getLogger("fleetup.agent")
+
+
+@dataclass
+class Request:
+    """Work asked of the daemon from outside the poll schedule (the status API)."""
+
+    kind: str  # "check" | "update" | "rollback"
+    version: str | None = None
+    result: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+
+
+class Daemon:
+    """Runs one agent until asked to stop."""
+
+    def __init__(self, agent: Agent, *, supervisor: AppSupervisor | None = None,
+                 modules: ModuleHost | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.agent = agent
+        self.supervisor = supervisor
+        self.modules = modules
+        self.clock = clock
+        self.requests: queue.Queue[Request] = queue.Queue()
+        self.stop = agent.stop
+        self._worker: threading.Thread | None = None
+        self._installed: str | None = None
+        self.last_outcome: Outcome | None = None
+        self.last_error: str | None = None
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s: stopping", signal.Signals(signum).name)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> int:
+        """The main loop. Returns the exit code (0 on a clean stop).
+
+        Raises:
+            StateError: another agent holds the lock.
+        """
+        config = self.agent.config
+        with self.agent.store.lock():
+            self._installed = self.agent.store.installed_version()
+            if self.supervisor is not None:
+                self._start_app()
+            if self.modules is not None and config.modules.enabled:
+                self.modules.load()
+            next_poll = self.clock()
+            next_tick = self.clock() + config.modules.tick_interval
+            while not self.stop.is_set():
+                now = self.clock()
+                if not self._busy():
+                    if not self.requests.empty():
+                        self._start(self.requests.get())
+                    elif now >= next_poll:
+                        self._start(Request("update"))
+                        next_poll = now + self._interval()
+                if self.supervisor is not None:
+                    self._poll_app()
+                if self.modules is not None and now >= next_tick and not self._busy():
+                    self.modules.tick()
+                    next_tick = now + config.modules.tick_interval
+                self.stop.wait(0.2)
+            self._shutdown()
+        return 0
+
+    def _interval(self) -> float:
+        config = self.agent.config
+        base = self.agent.director.next_check(config.poll_interval)
+        jitter = base * config.poll_jitter
+        return max(1.0, base + random.uniform(-jitter, jitter))
+
+    def _busy(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
+    def _start(self, request: Request) -> None:
+        self._worker = threading.Thread(target=self._work, args=(request,),
+                                        name="fleetup-cycle", daemon=True)
+        self._worker.start()
+
+    def _work(self, request: Request) -> None:
+        try:
+            if request.kind == "check":
+                value: Any = self.agent.check()
+            elif request.kind == "rollback":
+                value = self.agent.rollback(request.version)
+            else:
+                value = self.agent.update(request.version)
+            if isinstance(value, Outcome):
+                self.last_outcome = value
+                self._after(value)
+            self.last_error = None
+            request.result.set_result(value)
+        except FleetupError as e:
+            self.last_error = str(e)
+            log.error("%s failed: %s", request.kind, e)
+            request.result.set_exception(e)
+        except Exception as e:
+            log.exception("%s crashed", request.kind)
+            self.last_error = f"{type(e).__name__}: {e}"
+            request.result.set_exception(e)
+
+    def _after(self, outcome: Outcome) -> None:
+        installed = self.agent.store.installed_version()
+        if outcome.result is Result.FAILED:
+            log.error("update to %s failed: %s", outcome.target, outcome.reason)
+        if installed != self._installed:
+            self._installed = installed
+            if self.modules is not None and self.agent.config.modules.enabled:
+                self.modules.load()
+
+    def _start_app(self) -> None:
+        assert self.supervisor is not None
+        try:
+            self.supervisor.start()
+        except FleetupError as e:
+            log.error("%s", e)
+
+    def _poll_app(self) -> None:
+        assert self.supervisor is not None
+        try:
+            self.supervisor.poll()
+        except FleetupError as e:
+            log.error("%s", e)
+
+    def _shutdown(self) -> None:
+        worker = self._worker
+        if worker is not None and worker.is_alive():
+            state = self.agent.store.load_journal().state
+            if state in FINISH_BEFORE_STOP:
+                log.info("waiting for the %s step to finish before stopping", state)
+                worker.join()
+            else:
+                worker.join(timeout=5.0)
+        if self.modules is not None:
+            self.modules.unload()
+        if self.supervisor is not None:
+            self.supervisor.close()
+        log.info("agent stopped")
+
+    def submit(self, kind: str, version: str | None = None) -> Request:
+        """Ask the daemon to check, update or roll back as soon as it is free."""
+        request = Request(kind, version)
+        self.requests.put(request)
+        return request

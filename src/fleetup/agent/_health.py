@@ -1,0 +1,106 @@
+"""Is the switched-to release healthy? Its health check, within its timeout.
+
+The plan merges the release's signed health spec with the device's ``[health]``
+config (local checks add to the publisher's, the local timeout wins). A check passes
+when every configured part passes: the app has not crash-looped during the start-up
+grace period, the command exited 0 (run in ``current/``), and the URL answered 2xx.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from fleetup._facts import HealthSpec
+from fleetup.agent._config import HealthConfig
+from fleetup.agent._supervisor import Restarter
+
+__all__ = ["HealthPlan", "plan_health", "run_health_check"]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPlan:
+    commands: tuple[tuple[str, ...], ...]
+    urls: tuple[str, ...]
+    timeout: float
+    startup_grace: float
+    crash_loop_restarts: int
+
+
+def plan_health(signed: HealthSpec | None, local: HealthConfig) -> HealthPlan:
+    """The checks to run for a release: the publisher's plus the device's own."""
+    commands = tuple(c for c in ((signed.command if signed else ()), local.command) if c)
+    urls = tuple(u for u in ((signed.url if signed else None), local.url) if u)
+    timeout = local.timeout or (signed.timeout if signed else 30.0)
+    return HealthPlan(commands, urls, timeout, local.startup_grace, local.crash_loop_restarts)
+
+
+def run_health_check(plan: HealthPlan, *, cwd: Path, env: Mapping[str, str],
+                     app: Restarter, clock: Callable[[], float] = time.monotonic,
+                     sleep: Callable[[float], None] = time.sleep) -> str | None:
+    """Run the plan; ``None`` if healthy, else one line saying why not."""
+    started = clock()
+    deadline = started + plan.timeout
+    reason = _watch_start(plan, app, started, clock, sleep)
+    for command in plan.commands:
+        reason = reason or _run_command(command, cwd, env, deadline - clock())
+    for url in plan.urls:
+        reason = reason or _poll_url(url, deadline, clock, sleep)
+    return reason or _crash_loop(plan, app, started)
+
+
+def _watch_start(plan: HealthPlan, app: Restarter, started: float,
+                 clock: Callable[[], float], sleep: Callable[[float], None]) -> str | None:
+    while clock() - started < plan.startup_grace:
+        reason = _crash_loop(plan, app, started)
+        if reason:
+            return reason
+        sleep(min(0.1, plan.startup_grace))
+    return None
+
+
+def _crash_loop(plan: HealthPlan, app: Restarter, started: float) -> str | None:
+    exits = app.exits_since(started)
+    if len(exits) >= max(1, plan.crash_loop_restarts):
+        return f"the app crash-looped: exited {len(exits)} times (last exit code {exits[-1]})"
+    return None
+
+
+def _run_command(command: tuple[str, ...], cwd: Path, env: Mapping[str, str],
+                 budget: float) -> str | None:
+    if budget <= 0:
+        return "health check timed out before its command ran"
+    try:
+        result = subprocess.run(list(command), cwd=cwd, env=dict(env), timeout=budget,
+                                capture_output=True, text=True, check=False)
+    except subprocess.TimeoutExpired:
+        return f"health command {command[0]} did not finish within {budget:.0f}s"
+    except OSError as e:
+        return f"health command {command[0]} could not run: {e.strerror}"
+    if result.returncode != 0:
+        tail = (result.stderr.strip().splitlines() or result.stdout.strip().splitlines()
+                or [""])[-1][:200]
+        return f"health command exited {result.returncode}" + (f": {tail}" if tail else "")
+    return None
+
+
+def _poll_url(url: str, deadline: float, clock: Callable[[], float],
+              sleep: Callable[[float], None]) -> str | None:
+    last = "no answer"
+    with httpx.Client(timeout=5.0, follow_redirects=False) as client:
+        while True:
+            try:
+                response = client.get(url)
+                if 200 <= response.status_code < 300:
+                    return None
+                last = f"HTTP {response.status_code}"
+            except httpx.HTTPError as e:
+                last = type(e).__name__
+            if clock() >= deadline:
+                return f"health URL {url} did not answer 2xx in time ({last})"
+            sleep(0.25)

@@ -1,0 +1,181 @@
+"""The update lifecycle as data: states, events, the transition table, the resume table.
+
+Pure: no IO. The state is persisted *before* its handler runs (see ``_journal.py``);
+handlers only return events, and this table alone says where each event leads. The
+state names are persisted strings and must never change (devices in the field have
+them on disk).
+
+::
+
+    idle ─BEGIN─▶ downloading ─DOWNLOADED─▶ verified ─STAGED─▶ staged ─SWITCHED─▶ switched
+                      │                        │  ▲                │                 │
+              DOWNLOAD_FAILED            STAGE_FAILED│DELTA_FAILED  SWITCH_FAILED   RESTARTED
+                      ▼                        ▼  └─(back to downloading, full archive)
+                    failed ◀───────────────────┘                   │                 ▼
+                      │                                            ▼          health-checking
+                  RECORDED → idle                                failed      │          │
+                                                                  HEALTH_PASSED    HEALTH_FAILED
+                                                                        ▼                ▼
+    idle ─ROLLBACK_REQUESTED─▶ rolling-back ◀──RESTART_FAILED── switched   committed   rolling-back
+                                    │                                         │          │
+                               ROLLED_BACK ─▶ rolled-back ─RECORDED─▶ idle  RECORDED → idle
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from fleetup.errors import StateError
+
+__all__ = ["RESUME", "TRANSITIONS", "Event", "Journal", "Kind", "State", "next_state"]
+
+
+class State(enum.StrEnum):
+    IDLE = "idle"
+    DOWNLOADING = "downloading"
+    VERIFIED = "verified"
+    STAGED = "staged"
+    SWITCHED = "switched"
+    HEALTH_CHECKING = "health-checking"
+    COMMITTED = "committed"
+    FAILED = "failed"
+    ROLLING_BACK = "rolling-back"
+    ROLLED_BACK = "rolled-back"
+
+
+class Event(enum.StrEnum):
+    BEGIN = "begin"
+    DOWNLOADED = "downloaded"
+    DOWNLOAD_FAILED = "download-failed"
+    STAGED = "staged"
+    STAGE_FAILED = "stage-failed"
+    DELTA_FAILED = "delta-failed"
+    SWITCHED = "switched"
+    SWITCH_FAILED = "switch-failed"
+    RESTARTED = "restarted"
+    RESTART_FAILED = "restart-failed"
+    HEALTH_PASSED = "health-passed"
+    HEALTH_FAILED = "health-failed"
+    ROLLBACK_REQUESTED = "rollback-requested"
+    ROLLED_BACK = "rolled-back"
+    RECORDED = "recorded"
+
+
+S, E = State, Event
+
+TRANSITIONS: Mapping[tuple[State, Event], State] = {
+    (S.IDLE, E.BEGIN): S.DOWNLOADING,
+    (S.IDLE, E.ROLLBACK_REQUESTED): S.ROLLING_BACK,
+    (S.DOWNLOADING, E.DOWNLOADED): S.VERIFIED,
+    (S.DOWNLOADING, E.DOWNLOAD_FAILED): S.FAILED,
+    (S.VERIFIED, E.STAGED): S.STAGED,
+    (S.VERIFIED, E.STAGE_FAILED): S.FAILED,
+    (S.VERIFIED, E.DELTA_FAILED): S.DOWNLOADING,
+    (S.STAGED, E.SWITCHED): S.SWITCHED,
+    (S.STAGED, E.SWITCH_FAILED): S.FAILED,
+    (S.SWITCHED, E.RESTARTED): S.HEALTH_CHECKING,
+    (S.SWITCHED, E.RESTART_FAILED): S.ROLLING_BACK,
+    (S.HEALTH_CHECKING, E.HEALTH_PASSED): S.COMMITTED,
+    (S.HEALTH_CHECKING, E.HEALTH_FAILED): S.ROLLING_BACK,
+    (S.ROLLING_BACK, E.ROLLED_BACK): S.ROLLED_BACK,
+    (S.COMMITTED, E.RECORDED): S.IDLE,
+    (S.FAILED, E.RECORDED): S.IDLE,
+    (S.ROLLED_BACK, E.RECORDED): S.IDLE,
+}
+
+# Where a run that was killed in a state continues. Everything before the switch is
+# simply redone (handlers are idempotent; downloads resume from their .part file).
+# After the switch the health check was interrupted: go back to the old version
+# without blaming the release (``blame`` stays False), and the same ``update`` then
+# tries again from the start.
+RESUME: Mapping[State, State] = {
+    S.IDLE: S.IDLE,
+    S.DOWNLOADING: S.DOWNLOADING,
+    S.VERIFIED: S.VERIFIED,
+    S.STAGED: S.STAGED,
+    S.SWITCHED: S.ROLLING_BACK,
+    S.HEALTH_CHECKING: S.ROLLING_BACK,
+    S.COMMITTED: S.COMMITTED,
+    S.FAILED: S.FAILED,
+    S.ROLLING_BACK: S.ROLLING_BACK,
+    S.ROLLED_BACK: S.ROLLED_BACK,
+}
+
+# States in which a stop request waits for the step to finish: the app is switched
+# and must end committed or rolled back, not half way.
+FINISH_BEFORE_STOP = frozenset({S.SWITCHED, S.HEALTH_CHECKING, S.COMMITTED,
+                                S.ROLLING_BACK, S.ROLLED_BACK})
+
+
+def next_state(state: State, event: Event) -> State:
+    """The state ``event`` leads to from ``state``.
+
+    Raises:
+        StateError: the table has no such transition (a bug, or a corrupt journal).
+    """
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        raise StateError(f"no transition from {state} on {event}") from None
+
+
+class Kind(enum.StrEnum):
+    UPDATE = "update"
+    ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True, slots=True)
+class Journal:
+    """One update or rollback in progress: everything needed to resume it offline.
+
+    ``installed`` is what ``current`` pointed to when the cycle began; ``target`` the
+    version it moves to; ``restore`` the version a rollback returns to (``None``: remove
+    ``current``, as after a failed first install). ``release`` is the target's signed
+    facts (as in TUF ``custom``), kept so a resumed cycle needs no network.
+    """
+
+    state: State = State.IDLE
+    kind: Kind = Kind.UPDATE
+    update_id: str = ""
+    app: str = ""
+    installed: str | None = None
+    target: str | None = None
+    restore: str | None = None
+    release: Mapping[str, Any] = field(default_factory=dict)
+    artifact: str | None = None
+    artifact_path: str | None = None
+    reason: str = ""
+    blame: bool = False
+    on_purpose: bool = False
+    rollout_id: str | None = None
+    started_at: str = ""
+    updated_at: str = ""
+    resumed: int = 0
+
+    def advance(self, event: Event, now: str, **changes: Any) -> Journal:
+        """The journal after ``event``, with field ``changes`` applied."""
+        return replace(self, state=next_state(self.state, event), updated_at=now, **changes)
+
+    def to_json(self) -> bytes:
+        body = asdict(self)
+        body["state"] = self.state.value
+        body["kind"] = self.kind.value
+        body["format"] = 1
+        return json.dumps(body, indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Journal:
+        """Raises StateError if ``data`` is not a journal."""
+        try:
+            body = json.loads(data)
+            body.pop("format", None)
+            body["state"] = State(body["state"])
+            body["kind"] = Kind(body.get("kind", "update"))
+            known = set(cls.__dataclass_fields__)
+            return cls(**{k: v for k, v in body.items() if k in known})
+        except (ValueError, KeyError, TypeError) as e:
+            raise StateError(f"the update journal is corrupt: {e}") from e

@@ -1,0 +1,243 @@
+"""``fleetup agent -c AGENT.toml COMMAND``: the device side.
+
+Exit codes (scripts depend on them): ``check`` 0 up to date, 10 update available;
+``update`` 0 installed or nothing to do, 20 installed but rolled back; ``verify`` 0
+intact, 30 damaged; every command 1 on error (nothing changed).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from fleetup.cli._options import json_option
+from fleetup.cli._output import emit_json, result, table
+
+if TYPE_CHECKING:
+    from fleetup.agent._agent import Agent
+    from fleetup.agent._config import AgentConfig
+
+EXIT_UPDATE_AVAILABLE = 10
+EXIT_ROLLED_BACK = 20
+EXIT_DAMAGED = 30
+
+
+@click.group()
+@click.option("-c", "--config", "config_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The agent's AGENT.toml.")
+@click.option("--log-json", is_flag=True, help="Log JSON lines instead of text.")
+@click.pass_context
+def agent(ctx: click.Context, config_path: Path, log_json: bool) -> None:
+    """The update agent on a device: check, update, run, status, rollback, history, verify."""
+    ctx.obj = {"config_path": config_path, "log_json": log_json}
+
+
+def _config(ctx: click.Context) -> AgentConfig:
+    from fleetup.agent._config import load_config
+
+    return load_config(ctx.obj["config_path"])
+
+
+def _setup_logs(config: AgentConfig, ctx: click.Context, level: str = "WARNING") -> None:
+    from fleetup.agent._logs import setup_logging
+    from fleetup.agent._store import DeviceLayout
+
+    log_dir = DeviceLayout(config.root).logs
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        log_dir = None  # type: ignore[assignment]
+    setup_logging(log_dir, json_lines=ctx.obj["log_json"] or config.log_json,
+                  level=config.log_level if level == "INFO" else level)
+
+
+def _make_agent(config: AgentConfig, **kwargs: Any) -> Agent:
+    from fleetup.agent import build_agent
+
+    return build_agent(config, **kwargs)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int], None]] | None]:
+    """A Rich progress bar per download when stderr is a terminal; nothing otherwise."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from fleetup.cli._output import err
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), console=err,
+                  transient=False) as bars:
+        def start(label: str, total: int) -> Callable[[int], None]:
+            task = bars.add_task(label, total=total)
+            return lambda n: bars.advance(task, n)
+
+        yield start
+
+
+@agent.command()
+@json_option
+@click.pass_context
+def check(ctx: click.Context, as_json: bool) -> None:
+    """Is there a release to install? Exit 0 up to date, 10 update available."""
+    config = _config(ctx)
+    _setup_logs(config, ctx)
+    result = _make_agent(config).check()
+    if as_json:
+        emit_json({"installed": result.installed, "available": result.available,
+                   "decision": result.decision, "reason": result.reason,
+                   "not_offered": [{"version": v, "reason": r} for v, r in result.skipped]})
+    elif result.available:
+        result(f"update available: {result.installed or 'nothing'} → {result.available} "
+            f"({result.reason})")
+    else:
+        result(f"up to date: {result.installed or 'nothing installed'} ({result.reason})")
+        for version, reason in result.skipped:
+            result(f"  not offered {version}: {reason}")
+    ctx.exit(EXIT_UPDATE_AVAILABLE if result.update_available else 0)
+
+
+@agent.command()
+@click.option("--version", "wanted", default=None,
+              help="Install this version on purpose (even a manual-only type).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@json_option
+@click.pass_context
+def update(ctx: click.Context, wanted: str | None, no_progress: bool, as_json: bool) -> None:
+    """One whole cycle: download, verify, stage, switch, health check, commit or roll back.
+
+    Exit 0 installed or nothing to do, 20 installed but rolled back, 1 error.
+    """
+    from fleetup.agent._agent import Result
+
+    config = _config(ctx)
+    _setup_logs(config, ctx)
+    with _progress(not no_progress and not as_json) as progress:
+        outcome = _make_agent(config, progress=progress).update(wanted)
+    code = {Result.ROLLED_BACK: EXIT_ROLLED_BACK, Result.FAILED: 1, Result.STOPPED: 1}.get(
+        outcome.result, 0)
+    if as_json:
+        emit_json({"result": outcome.result.value, "version": outcome.version,
+                   "target": outcome.target, "reason": outcome.reason})
+    elif outcome.result is Result.INSTALLED:
+        result(f"installed {outcome.target}")
+    elif outcome.result is Result.ROLLED_BACK:
+        result(f"rolled back: {outcome.target} failed its health check ({outcome.reason}); "
+            f"running {outcome.version or 'nothing'}")
+    elif outcome.result is Result.REVERTED:
+        result(f"switched back to {outcome.version}: {outcome.reason}")
+    elif outcome.result is Result.NOTHING:
+        result(f"nothing to do: {outcome.reason}")
+    if code == 1 and not as_json:
+        click.echo(f"error: {outcome.reason}", err=True)
+    ctx.exit(code)
+
+
+@agent.command()
+@click.pass_context
+def run(ctx: click.Context) -> None:
+    """The daemon: poll, update, supervise the app, run modules; stops cleanly on SIGTERM."""
+    from fleetup.agent import build_daemon
+
+    config = _config(ctx)
+    _setup_logs(config, ctx, level="INFO")
+    daemon, api = build_daemon(config)
+    daemon.install_signal_handlers()
+    if api is not None:
+        api.start()
+    try:
+        code = daemon.run()
+    finally:
+        if api is not None:
+            api.stop()
+    ctx.exit(code)
+
+
+@agent.command()
+@json_option
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Installed version, state, last check, pending update."""
+    config = _config(ctx)
+    body = _make_agent(config).status()
+    if as_json:
+        emit_json(body)
+        return
+    result(f"{body['app']} {body['version'] or '(nothing installed)'} — {body['state']}"
+        f" ({body['mode']} mode, channel {body['channel']})")
+    result(f"last check: {body['last_check'] or 'never'}")
+    pending = body.get("pending")
+    if pending:
+        result(f"pending: {pending['version']} ({pending['type']}): {pending['reason']}")
+    result(f"kept: {', '.join(body['kept']) or 'none'}")
+    for failed in body["failed"]:
+        result(f"not installed again by itself: {failed['version']} ({failed['reason']})")
+
+
+@agent.command()
+@click.option("--to", "to", default=None, help="A kept version. [default: the previous one]")
+@json_option
+@click.pass_context
+def rollback(ctx: click.Context, to: str | None, as_json: bool) -> None:
+    """Switch back to a kept release."""
+    config = _config(ctx)
+    _setup_logs(config, ctx)
+    outcome = _make_agent(config).rollback(to)
+    if as_json:
+        emit_json({"result": outcome.result.value, "version": outcome.version,
+                   "reason": outcome.reason})
+    else:
+        result(f"now running {outcome.version}" if outcome.version else outcome.reason)
+
+
+@agent.command()
+@json_option
+@click.pass_context
+def history(ctx: click.Context, as_json: bool) -> None:
+    """Past updates and rollbacks, with reasons."""
+    config = _config(ctx)
+    records = _make_agent(config).history()
+    if as_json:
+        emit_json(records)
+        return
+    table(None, ["finished", "kind", "result", "from", "attempted", "now", "reason"],
+          [(r.get("finished_at"), r.get("kind"), r.get("result"), r.get("from"),
+            r.get("attempted"), r.get("to"), r.get("reason")) for r in records])
+
+
+@agent.command()
+@click.option("--repair", is_flag=True, help="Re-fetch and fix damaged trees.")
+@json_option
+@click.pass_context
+def verify(ctx: click.Context, repair: bool, as_json: bool) -> None:
+    """Check installed trees against the signed hashes. Exit 0 intact, 30 damaged."""
+    config = _config(ctx)
+    _setup_logs(config, ctx)
+    report = _make_agent(config).verify(repair=repair)
+    if as_json:
+        emit_json({"checked": report.checked, "damaged": report.damaged,
+                   "repaired": report.repaired})
+    else:
+        for version in report.checked:
+            damage = report.damaged.get(version)
+            if not damage:
+                result(f"{version}: intact")
+                continue
+            fixed = " — repaired" if version in report.repaired else ""
+            result(f"{version}: damaged ({len(damage)} entries){fixed}")
+            for path in damage[:20]:
+                result(f"    {path}")
+    ctx.exit(EXIT_DAMAGED if report.damaged else 0)
