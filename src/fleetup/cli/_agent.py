@@ -95,19 +95,19 @@ def check(ctx: click.Context, as_json: bool) -> None:
     """Is there a release to install? Exit 0 up to date, 10 update available."""
     config = _config(ctx)
     _setup_logs(config, ctx)
-    result = _make_agent(config).check()
+    answer = _make_agent(config).check()
     if as_json:
-        emit_json({"installed": result.installed, "available": result.available,
-                   "decision": result.decision, "reason": result.reason,
-                   "not_offered": [{"version": v, "reason": r} for v, r in result.skipped]})
-    elif result.available:
-        result(f"update available: {result.installed or 'nothing'} → {result.available} "
-            f"({result.reason})")
+        emit_json({"installed": answer.installed, "available": answer.available,
+                   "decision": answer.decision, "reason": answer.reason,
+                   "not_offered": [{"version": v, "reason": r} for v, r in answer.skipped]})
+    elif answer.available:
+        result(f"update available: {answer.installed or 'nothing'} → {answer.available} "
+            f"({answer.reason})")
     else:
-        result(f"up to date: {result.installed or 'nothing installed'} ({result.reason})")
-        for version, reason in result.skipped:
+        result(f"up to date: {answer.installed or 'nothing installed'} ({answer.reason})")
+        for version, reason in answer.skipped:
             result(f"  not offered {version}: {reason}")
-    ctx.exit(EXIT_UPDATE_AVAILABLE if result.update_available else 0)
+    ctx.exit(EXIT_UPDATE_AVAILABLE if answer.update_available else 0)
 
 
 @agent.command()
