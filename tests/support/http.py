@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import subprocess
 import sys
@@ -16,9 +17,11 @@ import httpx
 class StaticServer:
     """A running static host. ``url`` ends with a slash; the port survives restarts."""
 
-    def __init__(self, directory: Path, workdir: Path, rate: int | None = None) -> None:
+    def __init__(self, directory: Path, workdir: Path, rate: int | None = None,
+                 access_log: Path | None = None) -> None:
         self.directory = directory
         self.rate = rate
+        self.access_log = access_log
         self.port_file = workdir / f"static-{id(self)}.port"
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -36,6 +39,8 @@ class StaticServer:
                str(self.port_file)]
         if self.rate:
             cmd += ["--rate", str(self.rate)]
+        if self.access_log:
+            cmd += ["--log", str(self.access_log)]
         self.process = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2])
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -49,6 +54,12 @@ class StaticServer:
                     return self
             time.sleep(0.05)
         raise RuntimeError("static server did not start")
+
+    def requests(self) -> list[dict[str, object]]:
+        """The access log so far (needs ``access_log``)."""
+        if self.access_log is None or not self.access_log.exists():
+            return []
+        return [json.loads(line) for line in self.access_log.read_text().splitlines() if line]
 
     def kill(self) -> None:
         """SIGKILL: the connection drops mid-response, like a dead host."""
@@ -66,9 +77,9 @@ class StaticServer:
 
 
 @contextlib.contextmanager
-def serve_directory(directory: Path, workdir: Path, rate: int | None = None
-                    ) -> Iterator[StaticServer]:
-    server = StaticServer(directory, workdir, rate).start()
+def serve_directory(directory: Path, workdir: Path, rate: int | None = None,
+                    access_log: Path | None = None) -> Iterator[StaticServer]:
+    server = StaticServer(directory, workdir, rate, access_log).start()
     try:
         yield server
     finally:

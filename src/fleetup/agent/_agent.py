@@ -21,6 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from fleetup import _failpoints as failpoints
 from fleetup._facts import ReleaseFacts, release_target_path
 from fleetup._manifest import scan_tree
 from fleetup._versions import parse_version
@@ -302,6 +303,7 @@ class Agent:
     def _advance(self, journal: Journal, event: Event, **changes: Any) -> Journal:
         new = journal.advance(event, _now_iso(), **changes)
         self.store.save_journal(new)
+        failpoints.hit(f"state:{new.state}")
         return new
 
     def _run(self, journal: Journal) -> Outcome:
@@ -438,6 +440,7 @@ class Agent:
         if restore is not None and restore not in self.store.kept_versions():
             raise StateError(f"cannot roll back: release {restore} is no longer kept")
         self.store.point_current(restore)
+        failpoints.hit("rollback:switched")
         try:
             self.restarter.restart()
         except FleetupError as e:
@@ -474,6 +477,7 @@ class Agent:
             self.sink.emit(AgentEvent("rolled-back", version=j.restore, from_version=j.target,
                                       update_id=j.update_id, rollout_id=j.rollout_id,
                                       reason=j.reason))
+        failpoints.hit("record:history-written")
         self._clear_pending(j)
         idle = Journal(updated_at=_now_iso())
         self.store.save_journal(idle)

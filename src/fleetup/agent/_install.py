@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from fleetup import _failpoints as failpoints
 from fleetup._archive import extract_archive
 from fleetup._atomic import fsync_dir, storage_error
 from fleetup._delta import apply_delta
@@ -99,7 +100,9 @@ def _stage(store: DeviceStore, facts: ReleaseFacts,
             raise IntegrityError(
                 f"the unpacked tree of {facts.version} does not match its signed digest")
         _flush()
+        failpoints.hit("stage:unpacked")
         store.save_manifest(facts.version, manifest, facts)
+        failpoints.hit("stage:manifest-saved")
         os.rename(partial, dest)
         fsync_dir(layout.releases)
     except OSError as e:

@@ -1,0 +1,325 @@
+"""The agent in static mode, as users run it: ``fleetup agent`` processes against a
+repository served by a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from tests.support.device import (
+    FLEETUP,
+    current_digest,
+    dir_fingerprint,
+    new_repo,
+    publish,
+    publish_raw_archive,
+    run_agent,
+    write_config,
+)
+from tests.support.http import StaticServer, serve_directory
+
+
+def _fleetup(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FLEETUP, *args], capture_output=True, text=True, check=False)
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line, got: {result.stderr!r}"
+    assert lines[0].startswith("error: "), lines[0]
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Path, StaticServer]]:
+    repo = new_repo(tmp_path / "repo")
+    with serve_directory(repo, tmp_path, access_log=tmp_path / "access.log") as server:
+        yield repo, server
+
+
+def _config(tmp_path: Path, server: StaticServer, repo: Path, **kwargs: str) -> Path:
+    return write_config(tmp_path / "agent.toml", tmp_path / "device", server.url,
+                        repo / "metadata" / "1.root.json", **kwargs)
+
+
+def test_install_update_bad_release_manual_rollback_and_yank(
+        tmp_path: Path, served: tuple[Path, StaticServer]) -> None:
+    repo, server = served
+    config = _config(tmp_path, server, repo)
+    device = tmp_path / "device"
+    v1 = publish(repo, tmp_path, "1.0.0")
+    assert run_agent(config, "check").returncode == 10
+    assert run_agent(config, "update", "--no-progress").returncode == 0
+    assert current_digest(device) == v1.digest
+    (device / "data" / "state.db").write_bytes(b"user data")
+    before = dir_fingerprint(device / "data")
+
+    v11 = publish(repo, tmp_path, "1.1.0")
+    assert run_agent(config, "check").returncode == 10
+    updated = run_agent(config, "update", "--no-progress")
+    assert updated.returncode == 0, updated.stderr
+    assert "installed 1.1.0" in updated.stdout
+    assert current_digest(device) == v11.digest
+
+    publish(repo, tmp_path, "1.2.0", health_exit=3)
+    bad = run_agent(config, "update", "--no-progress")
+    assert bad.returncode == 20, bad.stderr
+    assert current_digest(device) == v11.digest
+    assert run_agent(config, "check").returncode == 0  # remembered, not offered again
+    status = json.loads(run_agent(config, "status", "--json").stdout)
+    assert status["version"] == "1.1.0"
+    assert status["state"] == "idle"
+    assert status["failed"][0]["version"] == "1.2.0"
+    assert "exited 3" in status["failed"][0]["reason"]
+
+    by_hand = run_agent(config, "rollback", "--json")
+    assert by_hand.returncode == 0, by_hand.stderr
+    assert current_digest(device) == v1.digest
+    again = run_agent(config, "update", "--version", "1.1.0", "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert current_digest(device) == v11.digest
+
+    yanked = _fleetup("release", "yank", "--repo", str(repo), "--app", "hello",
+                      "--version", "1.1.0", "--reason", "corrupts settings")
+    assert yanked.returncode == 0, yanked.stderr
+    off = run_agent(config, "update", "--no-progress", "--json")
+    assert off.returncode == 0, off.stderr
+    assert json.loads(off.stdout)["result"] == "reverted"
+    assert current_digest(device) == v1.digest
+    history = json.loads(run_agent(config, "history", "--json").stdout)
+    assert [h["result"] for h in history] == [
+        "committed", "committed", "rolled-back", "rolled-back", "committed", "rolled-back"]
+    assert "corrupts settings" in history[-1]["reason"]
+    assert dir_fingerprint(device / "data") == before
+
+
+def test_first_install_that_fails_its_health_check_leaves_nothing(
+        tmp_path: Path, served: tuple[Path, StaticServer]) -> None:
+    repo, server = served
+    config = _config(tmp_path, server, repo)
+    publish(repo, tmp_path, "1.0.0", health_exit=1)
+    result = run_agent(config, "update", "--no-progress")
+    assert result.returncode == 20
+    assert not (tmp_path / "device" / "current").exists()
+    assert not (tmp_path / "device" / "releases" / "1.0.0").exists()
+    status = json.loads(run_agent(config, "status", "--json").stdout)
+    assert status["version"] is None
+
+
+# -- attacks: each installs nothing, says what was wrong in one line, exits 1 --------
+
+
+@pytest.fixture
+def installed(tmp_path: Path, served: tuple[Path, StaticServer]
+              ) -> tuple[Path, StaticServer, Path, str]:
+    """A device running 1.0.0, and 1.1.0 published but not yet installed."""
+    repo, server = served
+    config = _config(tmp_path, server, repo)
+    v1 = publish(repo, tmp_path, "1.0.0", files=8, file_size=20000)
+    assert run_agent(config, "update", "--no-progress").returncode == 0
+    publish(repo, tmp_path, "1.1.0", files=8, file_size=20000)
+    return repo, server, config, v1.digest
+
+
+def _archive_file(repo: Path, version: str) -> Path:
+    (path,) = (repo / "targets" / "hello" / "linux-x86_64").glob(f"*.hello-{version}.tar.zst")
+    return path
+
+
+def _assert_refused(tmp_path: Path, config: Path, digest: str, expect: str) -> None:
+    # Deltas off: each attack must reach the full archive path.
+    text = config.read_text().replace("[download]", "[download]\ndeltas = false")
+    config.write_text(text)
+    result = run_agent(config, "update", "--no-progress")
+    assert result.returncode == 1, result.stdout + result.stderr
+    line = _one_error_line(result)
+    assert expect in line, line
+    device = tmp_path / "device"
+    assert current_digest(device) == digest
+    assert not list((device / "releases").glob("*.partial"))
+    assert sorted(p.name for p in (device / "releases").iterdir()) == ["1.0.0"]
+
+
+def test_tampered_artifact(tmp_path: Path, installed: tuple[Path, StaticServer, Path, str]
+                           ) -> None:
+    repo, _, config, digest = installed
+    path = _archive_file(repo, "1.1.0")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    _assert_refused(tmp_path, config, digest, "hash")
+
+
+def test_artifact_with_junk_appended(tmp_path: Path,
+                                     installed: tuple[Path, StaticServer, Path, str]) -> None:
+    repo, _, config, digest = installed
+    path = _archive_file(repo, "1.1.0")
+    path.write_bytes(path.read_bytes() + b"junk" * 1000)
+    _assert_refused(tmp_path, config, digest, "length")
+
+
+def test_artifact_swapped_for_an_older_signed_one(
+        tmp_path: Path, installed: tuple[Path, StaticServer, Path, str]) -> None:
+    repo, _, config, digest = installed
+    shutil.copyfile(_archive_file(repo, "1.0.0"), _archive_file(repo, "1.1.0"))
+    _assert_refused(tmp_path, config, digest, "")
+
+
+def test_replayed_old_metadata_is_refused(tmp_path: Path,
+                                          installed: tuple[Path, StaticServer, Path, str]
+                                          ) -> None:
+    repo, _, config, digest = installed
+    old_timestamp = (repo / "metadata" / "timestamp.json").read_bytes()
+    publish(repo, tmp_path, "1.2.0", files=8, file_size=20000)
+    assert run_agent(config, "check").returncode == 10  # the device saw the newer state
+    (repo / "metadata" / "timestamp.json").write_bytes(old_timestamp)
+    _assert_refused(tmp_path, config, digest, "")
+    result = run_agent(config, "check")
+    assert result.returncode == 1
+    assert "rollback" in _one_error_line(result).lower() or "version" in result.stderr
+
+
+def test_expired_metadata_is_refused(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    init = _fleetup("repo", "init", str(repo), "--expires", "timestamp=0.00002")  # ~2 s
+    assert init.returncode == 0, init.stderr
+    publish(repo, tmp_path, "1.0.0")
+    with serve_directory(repo, tmp_path) as server:
+        config = _config(tmp_path, server, repo)
+        time.sleep(2.5)
+        result = run_agent(config, "update", "--no-progress")
+        assert result.returncode == 1
+        assert "expired" in _one_error_line(result)
+        assert not (tmp_path / "device" / "current").exists()
+
+
+def test_forged_signature_is_refused(tmp_path: Path,
+                                     installed: tuple[Path, StaticServer, Path, str]) -> None:
+    from securesystemslib.signer import CryptoSigner
+    from tuf.api.metadata import Metadata
+
+    repo, _, config, digest = installed
+    timestamp = Metadata.from_file(str(repo / "metadata" / "timestamp.json"))
+    timestamp.signed.version += 1
+    timestamp.signatures.clear()
+    timestamp.sign(CryptoSigner.generate_ed25519())
+    timestamp.to_file(str(repo / "metadata" / "timestamp.json"))
+    _assert_refused(tmp_path, config, digest, "")
+    assert "signature" in run_agent(config, "check").stderr.lower()
+
+
+def _tar_zst(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return zstandard.ZstdCompressor().compress(raw.getvalue())
+
+
+def _file(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def _link(name: str, target: str) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE
+    info.linkname = target
+    return info, None
+
+
+@pytest.mark.parametrize(("members", "expect"), [
+    ([_file("../evil.sh", b"rm -rf /")], "'..' in path"),
+    ([_file("/etc/evil", b"x")], "absolute path"),
+    ([_link("escape", "../../../../etc/passwd")], "leads outside the tree"),
+    ([_file("bomb.bin", b"\0" * 5_000_000)], "expands past the signed size"),
+], ids=["traversal", "absolute", "escaping-link", "bomb"])
+def test_malicious_archive_signed_with_the_real_key(
+        tmp_path: Path, installed: tuple[Path, StaticServer, Path, str],
+        members: list[tuple[tarfile.TarInfo, bytes | None]], expect: str) -> None:
+    repo, _, config, digest = installed
+    publish_raw_archive(repo, tmp_path, "1.5.0", _tar_zst(*members), tree_size=10_000,
+                        tree_entries=10)
+    _assert_refused(tmp_path, config, digest, expect)
+    assert not any(p.name == "evil.sh" for p in tmp_path.rglob("evil.sh"))
+
+
+# -- resumable downloads --------------------------------------------------------------
+
+
+def _big_release(repo: Path, tmp_path: Path) -> None:
+    publish(repo, tmp_path, "2.0.0", extra={"blob.bin": os.urandom(3_000_000)})
+
+
+def _archive_requests(server: StaticServer) -> list[dict[str, object]]:
+    return [r for r in server.requests() if str(r["path"]).endswith("hello-2.0.0.tar.zst")]
+
+
+def _wait_for_part(device: Path, at_least: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        parts = list((device / ".fleetup" / "downloads").glob("*.part"))
+        if parts and parts[0].stat().st_size >= at_least:
+            return parts[0].stat().st_size
+        time.sleep(0.02)
+    raise AssertionError("the download never started")
+
+
+def test_download_cut_by_a_dead_server_resumes_after_restart(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path / "repo")
+    _big_release(repo, tmp_path)
+    server = StaticServer(repo, tmp_path, rate=400_000, access_log=tmp_path / "a.log").start()
+    try:
+        config = _config(tmp_path, server, repo)
+        agent = subprocess.Popen([*FLEETUP, "agent", "-c", str(config), "update",
+                                  "--no-progress"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        got = _wait_for_part(tmp_path / "device", 600_000)
+        server.kill()
+        _, stderr = agent.communicate(timeout=60)
+        assert agent.returncode == 1, stderr
+        assert not (tmp_path / "device" / "current").exists()
+        server.rate = None
+        server.start()
+        result = run_agent(config, "update", "--no-progress")
+        assert result.returncode == 0, result.stderr
+        resumed = [r for r in _archive_requests(server) if r.get("range")]
+        assert resumed, "the second download did not ask for a range"
+        start = int(str(resumed[-1]["range"]).removeprefix("bytes=").split("-")[0])
+        assert start >= got
+    finally:
+        server.stop()
+
+
+def test_download_resumes_after_the_agent_is_killed(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path / "repo")
+    _big_release(repo, tmp_path)
+    with serve_directory(repo, tmp_path, rate=400_000,
+                         access_log=tmp_path / "a.log") as server:
+        config = _config(tmp_path, server, repo)
+        agent = subprocess.Popen([*FLEETUP, "agent", "-c", str(config), "update",
+                                  "--no-progress"])
+        got = _wait_for_part(tmp_path / "device", 600_000)
+        agent.send_signal(signal.SIGKILL)
+        agent.wait()
+        result = run_agent(config, "update", "--no-progress")
+        assert result.returncode == 0, result.stderr
+        ranges = [r["range"] for r in _archive_requests(server) if r.get("range")]
+        assert ranges
+        assert int(str(ranges[-1]).removeprefix("bytes=").split("-")[0]) >= got
+        total = sum(int(str(r["bytes"])) for r in _archive_requests(server))
+        size = _archive_file(repo, "2.0.0").stat().st_size
+        assert total < size * 1.5, "resuming re-downloaded most of the file"
