@@ -56,13 +56,16 @@ def build_daemon(config: AgentConfig) -> tuple[Daemon, StatusApi | None]:
     supervisor = None
     if config.process.command:
         supervisor = AppSupervisor(config.process.command, agent_probe.store.layout.current,
-                                   agent_probe.app_env(),
+                                   agent_probe.app_env,
                                    stop_timeout=config.process.stop_timeout,
                                    log_file=agent_probe.store.layout.logs / "app.log")
     agent = build_agent(config, restarter=supervisor)
-    modules = ModuleHost(agent.store.layout.current,
-                         hook_timeout=config.modules.hook_timeout) if config.modules.enabled \
-        else None
+    modules = None
+    if config.modules.enabled:
+        fleetup_env = lambda: {k: v for k, v in agent.app_env().items()  # noqa: E731
+                               if k.startswith("FLEETUP_")}
+        modules = ModuleHost(agent.store.layout.current, hook_timeout=config.modules.hook_timeout,
+                             environment=fleetup_env)
     daemon = Daemon(agent, supervisor=supervisor, modules=modules)
     api = StatusApi(daemon, config.status_api.port) if config.status_api.enabled else None
     return daemon, api

@@ -142,7 +142,7 @@ class Agent:
     def _default_restarter(self) -> Restarter:
         command = self.config.process.restart_command
         if command:
-            return CommandRestarter(command, self.config.root, self.app_env())
+            return CommandRestarter(command, self.config.root, self.app_env)
         return NoRestarter()
 
     def app_env(self) -> dict[str, str]:

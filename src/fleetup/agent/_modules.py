@@ -6,17 +6,20 @@ loads them after start and after every switch (unloading the old ones first): ``
 and ``run`` once on load, ``tick`` every ``tick_interval`` seconds, ``cleanup`` on
 unload. Every hook may be missing. A hook that raises or runs past ``hook_timeout``
 disables its module (logged, with the reason); the agent and the other modules go on.
+Modules see the same ``FLEETUP_*`` environment variables as the app.
 Hooks run in a worker thread so a stuck one cannot stall the agent.
 """
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 import logging
+import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -44,8 +47,10 @@ class ModuleHost:
     """Loads, runs and unloads the modules of the installed release."""
 
     def __init__(self, current: Path, *, hook_timeout: float = 30.0,
-                 load_entry_points: bool = True) -> None:
+                 load_entry_points: bool = True,
+                 environment: Callable[[], Mapping[str, str]] | None = None) -> None:
         self.current = current
+        self.environment = environment
         self.hook_timeout = hook_timeout
         self.load_entry_points = load_entry_points
         self.modules: list[LoadedModule] = []
@@ -54,6 +59,10 @@ class ModuleHost:
     def load(self) -> None:
         """Unload what is loaded, then load and ``init``/``run`` the current modules."""
         self.unload()
+        if self.environment is not None:
+            # Modules run inside the agent; they learn their context (FLEETUP_ROOT,
+            # FLEETUP_DATA, FLEETUP_VERSION, ...) from the environment, as the app does.
+            os.environ.update(self.environment())
         self._generation += 1
         folder = self.current / "modules"
         if folder.is_dir():
@@ -91,7 +100,8 @@ class ModuleHost:
         name = f"fleetup_module_{self._generation}_{path.stem}"
         loaded = LoadedModule(path.stem, None, str(path))
         try:
-            spec = importlib.util.spec_from_file_location(name, path)
+            spec = importlib.util.spec_from_file_location(
+                name, path, loader=_ReleaseFileLoader(name, str(path)))
             if spec is None or spec.loader is None:
                 raise ImportError("not a loadable Python file")
             module = importlib.util.module_from_spec(spec)
@@ -135,6 +145,14 @@ class ModuleHost:
         loaded.error = f"{hook}: {type(error).__name__}: {error}"
         log.error("module %s disabled: %s raised %s: %s", loaded.name, hook,
                   type(error).__name__, error)
+
+
+class _ReleaseFileLoader(importlib.machinery.SourceFileLoader):
+    """Imports a module file of the release without writing ``__pycache__`` into it:
+    an installed tree must stay byte for byte the signed one (``verify``)."""
+
+    def set_data(self, path: str, data: object, *, _mode: int = 0o666) -> None:
+        return None
 
 
 def _run_with_timeout(function: Callable[[], object], timeout: float) -> BaseException | None:

@@ -51,16 +51,17 @@ class NoRestarter:
 class CommandRestarter:
     """Runs a configured command (e.g. ``systemctl restart hello``)."""
 
-    def __init__(self, argv: Sequence[str], cwd: Path, env: Mapping[str, str],
+    def __init__(self, argv: Sequence[str], cwd: Path, env: Callable[[], Mapping[str, str]],
                  timeout: float = 60.0) -> None:
         self.argv = list(argv)
         self.cwd = cwd
-        self.env = dict(env)
+        self.env = env
         self.timeout = timeout
 
     def restart(self) -> None:
         try:
-            result = subprocess.run(self.argv, cwd=self.cwd, env=self.env, timeout=self.timeout,
+            result = subprocess.run(self.argv, cwd=self.cwd, env=dict(self.env()),
+                                    timeout=self.timeout,
                                     capture_output=True, text=True, check=False)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise HealthCheckError(f"restart command failed: {e}") from e
@@ -80,12 +81,12 @@ class AppSupervisor:
     growing delay while it keeps exiting.
     """
 
-    def __init__(self, command: Sequence[str], cwd: Path, env: Mapping[str, str], *,
+    def __init__(self, command: Sequence[str], cwd: Path, env: Callable[[], Mapping[str, str]], *,
                  stop_timeout: float = 10.0, log_file: Path | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.command = list(command)
         self.cwd = cwd
-        self.env = dict(env)
+        self.env = env  # called at each start: FLEETUP_VERSION follows the switch
         self.stop_timeout = stop_timeout
         self.log_file = log_file
         self.clock = clock
@@ -111,7 +112,8 @@ class AppSupervisor:
                 self._log = self.log_file.open("ab")
             try:
                 self.process = subprocess.Popen(
-                    self.command, cwd=self.cwd.resolve(), env=self.env, start_new_session=True,
+                    self.command, cwd=self.cwd.resolve(), env=dict(self.env()),
+                    start_new_session=True,
                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)
             except OSError as e:
                 self.process = None
