@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetup import _failpoints as failpoints
-from fleetup._facts import ReleaseFacts, release_target_path
+from fleetup._facts import DeltaFacts, ReleaseFacts, release_target_path
 from fleetup._manifest import scan_tree
 from fleetup._versions import parse_version
 from fleetup.agent._choice import Decision, Defer, DeviceView, Install, RollbackTo, UpToDate
@@ -135,9 +135,8 @@ class Agent:
     def _default_source(self) -> ReleaseSource:
         from fleetup.agent._trust import TufReleaseSource
 
-        if self.config.repo_url is None:
-            raise UsageError("no repo_url configured for static mode")
-        return TufReleaseSource.from_config(self.config, self.store.layout)
+        config = replace(self.config, repo_url=self.config.release_url)
+        return TufReleaseSource.from_config(config, self.store.layout)
 
     def _default_restarter(self) -> Restarter:
         command = self.config.process.restart_command
@@ -171,6 +170,11 @@ class Agent:
             self._source = source
         return self._source
 
+    def _lazy_source(self) -> ReleaseSource:
+        """The cycle's source, refreshed only when a decision first reads it (a fleet
+        check-in answered "nothing to do" then costs no metadata round trip)."""
+        return _LazySource(self._fresh_source)
+
     @contextlib.contextmanager
     def cycle(self) -> Iterator[None]:
         """One locked session: fresh metadata at most once, dropped afterwards."""
@@ -195,7 +199,7 @@ class Agent:
 
     def _check(self, wanted: str | None = None) -> CheckResult:
         device = self.device_view()
-        decision = self.director.decide(device, self._fresh_source(), self.clock(), wanted)
+        decision = self.director.decide(device, self._lazy_source(), self.clock(), wanted)
         result = _check_result(device.installed, decision)
         self._record_check(decision)
         self.sink.emit(AgentEvent("check", version=result.available,
@@ -217,7 +221,7 @@ class Agent:
         if resumed is not None and resumed.result is Result.STOPPED:
             return resumed
         device = self.device_view()
-        decision = self.director.decide(device, self._fresh_source(), self.clock(), wanted)
+        decision = self.director.decide(device, self._lazy_source(), self.clock(), wanted)
         self._record_check(decision)
         if isinstance(decision, Install) and decision.facts is not None:
             outcome = self._run(self._begin_update(device, decision.facts, decision))
@@ -574,6 +578,30 @@ class Agent:
             repair_tree(self.store, facts, path)
         finally:
             clear_downloads(self.store)
+
+
+class _LazySource:
+    """A :class:`ReleaseSource` that asks for the real (refreshed) one on first use."""
+
+    def __init__(self, get: Callable[[], ReleaseSource]) -> None:
+        self._get = get
+
+    def refresh(self) -> None:
+        self._get()
+
+    def releases(self, app: str, platform: str) -> list[ReleaseFacts]:
+        return self._get().releases(app, platform)
+
+    def delta(self, app: str, platform: str, from_version: str, to_version: str
+              ) -> tuple[DeltaFacts, int] | None:
+        return self._get().delta(app, platform, from_version, to_version)
+
+    def release_length(self, facts: ReleaseFacts) -> int:
+        return self._get().release_length(facts)
+
+    def download(self, target_path: str, dest: Path,
+                 progress: Callable[[int, int], None] | None = None) -> Path:
+        return self._get().download(target_path, dest, progress)
 
 
 _ABANDON_ON_STOP = frozenset({State.DOWNLOADING, State.VERIFIED, State.STAGED})

@@ -163,6 +163,13 @@ class AgentConfig:
     def fleet_mode(self) -> bool:
         return self.server_url is not None
 
+    @property
+    def release_url(self) -> str | None:
+        """Where the signed releases are: ``repo_url``, else the fleet server's ``/repo/``."""
+        if self.repo_url is not None:
+            return self.repo_url
+        return None if self.server_url is None else self.server_url + "repo/"
+
 
 def load_config(path: Path) -> AgentConfig:
     """Read and validate an agent config file.
@@ -204,12 +211,17 @@ def _parse(raw: Mapping[str, Any], base: Path, source: Path) -> AgentConfig:
     if keep < 1:
         raise ConfigError("keep must be at least 1")
     log = _section(raw, "log")
+    _no_unknown(log, {"json", "level"}, "log.")
+    log_level = _get(log, "level", str, "INFO", prefix="log.").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"log.level must be debug, info, warning, error or critical, "
+                          f"got {log_level.lower()!r}")
     return AgentConfig(
         app=app_name,
         root=_path(base, _get(raw, "root", str, required=True)),
         trusted_root=_path(base, _get(raw, "trusted_root", str, required=True)),
-        repo_url=_with_slash(repo_url),
-        server_url=_with_slash(server_url),
+        repo_url=_with_slash(repo_url, "repo_url"),
+        server_url=_with_slash(server_url, "server_url"),
         enrollment_token=_opt(raw, "enrollment_token", str),
         channel=channel, platform=platform,
         device_id=_opt(raw, "device_id", str),
@@ -223,15 +235,15 @@ def _parse(raw: Mapping[str, Any], base: Path, source: Path) -> AgentConfig:
         health=_health(_section(raw, "health")),
         modules=_modules(_section(raw, "modules")),
         status_api=_status_api(_section(raw, "status_api")),
-        log_json=_get(log, "json", bool, False),
-        log_level=_get(log, "level", str, "INFO").upper(),
+        log_json=_get(log, "json", bool, False, prefix="log."),
+        log_level=log_level,
         source=source,
     )
 
 
 def _policy(raw: Mapping[str, Any]) -> PolicyConfig:
     _no_unknown(raw, {"auto", "window", "window_exempt"}, "policy.")
-    window_text = _opt(raw, "window", str)
+    window_text = _opt(raw, "window", str, "policy.")
     try:
         window = MaintenanceWindow.parse(window_text) if window_text else None
     except ValueError as e:
@@ -260,17 +272,17 @@ def _download(raw: Mapping[str, Any]) -> DownloadConfig:
     return DownloadConfig(
         timeout=_positive(raw, "timeout", 30.0, "download."),
         deadline=_positive(raw, "deadline", 3600.0, "download."),
-        retries=_get(raw, "retries", int, 5),
+        retries=_get(raw, "retries", int, 5, prefix="download."),
         backoff=_positive(raw, "backoff", 1.0, "download."),
         max_backoff=_positive(raw, "max_backoff", 60.0, "download."),
-        bandwidth=_get(raw, "bandwidth", int, 0),
-        deltas=_get(raw, "deltas", bool, True))
+        bandwidth=_get(raw, "bandwidth", int, 0, prefix="download."),
+        deltas=_get(raw, "deltas", bool, True, prefix="download."))
 
 
 def _process(raw: Mapping[str, Any]) -> ProcessConfig:
     _no_unknown(raw, {"command", "restart_command", "env", "stop_timeout"}, "process.")
-    return ProcessConfig(command=_argv(raw, "command"),
-                         restart_command=_argv(raw, "restart_command"),
+    return ProcessConfig(command=_argv(raw, "command", "process."),
+                         restart_command=_argv(raw, "restart_command", "process."),
                          env=_str_map(raw.get("env", {}), "process.env"),
                          stop_timeout=_positive(raw, "stop_timeout", 10.0, "process."))
 
@@ -280,26 +292,27 @@ def _health(raw: Mapping[str, Any]) -> HealthConfig:
                       "crash_loop_window"}, "health.")
     timeout = raw.get("timeout")
     return HealthConfig(
-        command=_argv(raw, "command"), url=_opt(raw, "url", str),
+        command=_argv(raw, "command", "health."), url=_opt(raw, "url", str, "health."),
         timeout=None if timeout is None else _positive(raw, "timeout", 30.0, "health."),
-        startup_grace=_get(raw, "startup_grace", float, 2.0),
-        crash_loop_restarts=_get(raw, "crash_loop_restarts", int, 3),
+        startup_grace=_get(raw, "startup_grace", float, 2.0, prefix="health."),
+        crash_loop_restarts=_get(raw, "crash_loop_restarts", int, 3, prefix="health."),
         crash_loop_window=_positive(raw, "crash_loop_window", 60.0, "health."))
 
 
 def _modules(raw: Mapping[str, Any]) -> ModulesConfig:
     _no_unknown(raw, {"enabled", "tick_interval", "hook_timeout"}, "modules.")
-    return ModulesConfig(enabled=_get(raw, "enabled", bool, True),
+    return ModulesConfig(enabled=_get(raw, "enabled", bool, True, prefix="modules."),
                          tick_interval=_positive(raw, "tick_interval", 10.0, "modules."),
                          hook_timeout=_positive(raw, "hook_timeout", 30.0, "modules."))
 
 
 def _status_api(raw: Mapping[str, Any]) -> StatusApiConfig:
     _no_unknown(raw, {"enabled", "port"}, "status_api.")
-    port = _get(raw, "port", int, 8765)
+    port = _get(raw, "port", int, 8765, prefix="status_api.")
     if not 0 <= port < 65536:
         raise ConfigError("status_api.port must be a TCP port")
-    return StatusApiConfig(enabled=_get(raw, "enabled", bool, False), port=port)
+    return StatusApiConfig(enabled=_get(raw, "enabled", bool, False, prefix="status_api."),
+                           port=port)
 
 
 # -- small typed readers ----------------------------------------------------------------
@@ -313,34 +326,34 @@ def _section(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 
 def _get(raw: Mapping[str, Any], key: str, kind: type[T], default: T | None = None,
-         required: bool = False) -> T:
+         required: bool = False, prefix: str = "") -> T:
     if key not in raw:
         if required or default is None:
-            raise ConfigError(f"missing required key {key!r}")
+            raise ConfigError(f"missing required key {prefix + key!r}")
         return default
     value = raw[key]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}")
+        raise ConfigError(f"{prefix}{key} must be {kind.__name__}, got {value!r}")
     return value
 
 
-def _opt(raw: Mapping[str, Any], key: str, kind: type[T]) -> T | None:
-    return _get(raw, key, kind) if raw.get(key) is not None else None
+def _opt(raw: Mapping[str, Any], key: str, kind: type[T], prefix: str = "") -> T | None:
+    return _get(raw, key, kind, prefix=prefix) if raw.get(key) is not None else None
 
 
 def _positive(raw: Mapping[str, Any], key: str, default: float, prefix: str = "") -> float:
-    value = _get(raw, key, float, default)
+    value = _get(raw, key, float, default, prefix=prefix)
     if value <= 0:
         raise ConfigError(f"{prefix}{key} must be positive")
     return value
 
 
-def _argv(raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
+def _argv(raw: Mapping[str, Any], key: str, prefix: str) -> tuple[str, ...]:
     value = raw.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{key} must be a list of strings (an argv), e.g. [\"./run.sh\"]")
+        raise ConfigError(f"{prefix}{key} must be a list of strings (an argv), e.g. [\"./run.sh\"]")
     return tuple(value)
 
 
@@ -361,9 +374,9 @@ def _path(base: Path, text: str) -> Path:
     return (base / text).resolve() if not Path(text).is_absolute() else Path(text)
 
 
-def _with_slash(url: str | None) -> str | None:
+def _with_slash(url: str | None, key: str) -> str | None:
     if url is None:
         return None
     if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"not an http(s) URL: {url!r}")
+        raise ConfigError(f"{key} is not an http(s) URL: {url!r}")
     return url if url.endswith("/") else url + "/"
