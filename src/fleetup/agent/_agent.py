@@ -183,7 +183,10 @@ class Agent:
             try:
                 yield
             finally:
-                self._source = None
+                source, self._source = self._source, None
+                close = getattr(source, "close", None)
+                if callable(close):
+                    close()  # the source owns an httpx client
                 self.sink.flush()
 
     # -- public operations -----------------------------------------------------------
@@ -470,8 +473,10 @@ class Agent:
             discard_partials(self.store)
         self.store.append_history({
             "update_id": j.update_id, "kind": j.kind.value, "result": result,
-            "from": j.installed, "to": j.target if j.state is not State.ROLLED_BACK
-            else j.restore, "attempted": j.target, "reason": j.reason,
+            # "to": what runs afterwards (a failed update changed nothing).
+            "from": j.installed, "to": {State.COMMITTED: j.target, State.ROLLED_BACK: j.restore
+                                        }.get(j.state, j.installed),
+            "attempted": j.target, "reason": j.reason,
             "artifact": j.artifact, "started_at": j.started_at, "finished_at": _now_iso(),
             "rollout_id": j.rollout_id})
         if j.state is State.COMMITTED:
@@ -482,7 +487,8 @@ class Agent:
                                       update_id=j.update_id, rollout_id=j.rollout_id,
                                       reason=j.reason))
         failpoints.hit("record:history-written")
-        self._clear_pending(j)
+        if j.state is not State.FAILED:  # a failed download is retried: still pending
+            self._clear_pending(j)
         idle = Journal(updated_at=_now_iso())
         self.store.save_journal(idle)
         log.info("%s %s: %s%s", j.kind, j.target, result, f" ({j.reason})" if j.reason else "")
