@@ -230,7 +230,8 @@ class Agent:
             outcome = self._run(self._begin_update(device, decision.facts, decision))
         elif isinstance(decision, RollbackTo):
             outcome = self._run(self._begin_rollback(device.installed, decision.version,
-                                                     decision.reason, blame_installed=False))
+                                                     decision.reason, blame_installed=False,
+                                                     retire=decision.retire))
         else:
             outcome = Outcome(Result.NOTHING, device.installed, reason=decision.reason)
         if outcome.result is Result.NOTHING and resumed is not None:
@@ -295,14 +296,15 @@ class Agent:
             kind=Kind.UPDATE, update_id=uuid.uuid4().hex, app=self.config.app,
             installed=device.installed, target=facts.version, restore=device.installed,
             release=facts.to_custom(), reason=decision.reason, on_purpose=decision.on_purpose,
-            rollout_id=getattr(self.director, "rollout_id", None), started_at=_now_iso())
+            rollout_id=getattr(self.director, "rollout_id", None), retire=decision.retire,
+            started_at=_now_iso())
         return self._advance(journal, Event.BEGIN)
 
     def _begin_rollback(self, installed: str | None, target: str, reason: str,
-                        blame_installed: bool) -> Journal:
+                        blame_installed: bool, retire: str | None = None) -> Journal:
         journal = Journal(kind=Kind.ROLLBACK, update_id=uuid.uuid4().hex, app=self.config.app,
                           installed=installed, target=target, restore=target, reason=reason,
-                          blame=blame_installed, started_at=_now_iso())
+                          blame=blame_installed, retire=retire, started_at=_now_iso())
         self.sink.emit(AgentEvent("rollback", version=target, from_version=installed,
                                   update_id=journal.update_id, reason=reason))
         return self._advance(journal, Event.ROLLBACK_REQUESTED)
@@ -443,9 +445,7 @@ class Agent:
         return self._advance(j, Event.HEALTH_FAILED, reason=reason, blame=True)
 
     def _roll_back(self, j: Journal) -> Journal:
-        restore = j.restore
-        if restore is not None and restore not in self.store.kept_versions():
-            raise StateError(f"cannot roll back: release {restore} is no longer kept")
+        restore = self._restorable(j)
         self.store.point_current(restore)
         failpoints.hit("rollback:switched")
         try:
@@ -457,7 +457,20 @@ class Agent:
             remove_release(self.store, j.target)
         elif j.kind is Kind.ROLLBACK and j.blame and j.installed:
             self.store.mark_failed(j.installed, j.reason)
-        return self._advance(j, Event.ROLLED_BACK)
+        if j.retire and j.retire != restore:
+            remove_release(self.store, j.retire)
+        return self._advance(j, Event.ROLLED_BACK, restore=restore)
+
+    def _restorable(self, j: Journal) -> str | None:
+        """The version to go back to: the journal's, or — if that tree has gone (removed
+        by hand) — the newest other kept release, so a rollback can never get stuck."""
+        kept = self.store.kept_versions()
+        if j.restore is None or j.restore in kept:
+            return j.restore
+        others = [v for v in kept if v != j.target]
+        log.error("release %s is no longer kept; rolling back to %s instead", j.restore,
+                  others[-1] if others else j.target)
+        return others[-1] if others else j.target
 
     def _record(self, j: Journal) -> Journal:
         """Terminal states: write history, tidy up, report, return to idle."""
@@ -465,6 +478,8 @@ class Agent:
                   State.ROLLED_BACK: "rolled-back"}[j.state]
         if j.state is State.COMMITTED:
             self.store.clear_failed(j.target or "")
+            if j.retire and j.retire != j.target:
+                remove_release(self.store, j.retire)
             prune_releases(self.store, self.config.keep)
         if j.state is not State.FAILED:
             clear_downloads(self.store)

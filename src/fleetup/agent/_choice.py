@@ -16,9 +16,12 @@ Rules, in order:
 3. Otherwise the newest release on this device's channel and platform that is newer
    than the installed one, not yanked, allowed from the installed version
    (``min_from``), not failed here, and whose phased rollout has reached this device's
-   cohort. Its update type and the maintenance window decide whether it installs now
-   (``Install``) or waits (``Defer``) — except on a device with nothing installed,
-   where there is nothing to break and the newest release installs at once.
+   cohort, that policy lets install now: its update type (a step across a major
+   version counts as major, whatever the release is signed as) and the maintenance
+   window. If every such release must wait, the newest is reported (``Defer``): a
+   waiting major does not hold back a minor or a security fix on the installed line.
+   On a device with nothing installed there is nothing to break: the newest release
+   installs at once.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from packaging.version import Version
 
 from fleetup._cohort import cohort_of
 from fleetup._facts import ReleaseFacts
-from fleetup._versions import parse_version
+from fleetup._versions import UpdateType, derive_update_type, parse_version
 from fleetup.agent._config import PolicyConfig
 from fleetup.errors import UsageError
 
@@ -44,6 +47,9 @@ class Decision:
     reason: str = ""
     # Releases this device is deliberately not offered (failed here, not in cohort yet).
     skipped: tuple[tuple[str, str], ...] = field(default=(), kw_only=True)
+    # A kept release to remove once this decision is carried out: one the publisher
+    # yanked, so that no later rollback can return to it.
+    retire: str | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +109,7 @@ def choose(releases: Iterable[ReleaseFacts], device: DeviceView, policy: PolicyC
     if current is not None and current.yanked:
         return _leave_yanked(current, on_channel, device, now)
     skipped: list[tuple[str, str]] = []
+    waiting: Decision | None = None
     for facts in sorted(on_channel, key=lambda f: f.parsed_version, reverse=True):
         version = facts.parsed_version
         if installed is not None and version <= installed:
@@ -114,7 +121,12 @@ def choose(releases: Iterable[ReleaseFacts], device: DeviceView, policy: PolicyC
         if installed is None:
             # Nothing installed, nothing to break: the first install ignores type policy.
             return Install("first install", facts=facts, skipped=tuple(skipped))
-        return _by_policy(facts, policy, now, tuple(skipped))
+        decision = _by_policy(facts, installed, policy, now, tuple(skipped))
+        if isinstance(decision, Install):
+            return decision
+        waiting = waiting or decision
+    if waiting is not None:
+        return waiting
     reason = "up to date" if installed is not None else "no release for this device yet"
     return UpToDate(reason, skipped=tuple(skipped))
 
@@ -139,14 +151,14 @@ def _leave_yanked(current: ReleaseFacts, on_channel: Sequence[ReleaseFacts],
              and not _blocked(f, device, installed, now)]
     if newer:
         best = max(newer, key=lambda f: f.parsed_version)
-        return Install(why, facts=best)
+        return Install(why, facts=best, retire=current.version)
     older = sorted((f for f in on_channel if f.parsed_version < installed),
                    key=lambda f: f.parsed_version, reverse=True)
     for facts in older:
         if facts.version in device.kept:
-            return RollbackTo(why, version=facts.version)
+            return RollbackTo(why, version=facts.version, retire=current.version)
     if older:
-        return Install(why, facts=older[0], on_purpose=True)
+        return Install(why, facts=older[0], on_purpose=True, retire=current.version)
     return UpToDate(f"{why}; no other release to go to")
 
 
@@ -165,9 +177,13 @@ def _blocked(facts: ReleaseFacts, device: DeviceView, installed: Version | None,
     return ""
 
 
-def _by_policy(facts: ReleaseFacts, policy: PolicyConfig, now: datetime,
+def _by_policy(facts: ReleaseFacts, installed: Version, policy: PolicyConfig, now: datetime,
                skipped: tuple[tuple[str, str], ...]) -> Decision:
+    # The signed type is relative to the release published before it; a device further
+    # behind may be crossing a major version on the way (1.0 -> 2.0.1 "patch").
     kind = facts.update_type
+    if derive_update_type(installed, facts.parsed_version) is UpdateType.MAJOR:
+        kind = UpdateType.MAJOR
     if kind not in policy.auto:
         return Defer(f"{kind} updates install only on request (update --version "
                      f"{facts.version})", facts=facts, skipped=skipped)

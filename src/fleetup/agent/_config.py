@@ -76,7 +76,10 @@ class MaintenanceWindow:
         start, sep, end = text.partition("-")
         if not sep:
             raise ValueError(f"expected HH:MM-HH:MM, got {text!r}")
-        return cls(time.fromisoformat(start.strip()), time.fromisoformat(end.strip()))
+        window = cls(time.fromisoformat(start.strip()), time.fromisoformat(end.strip()))
+        if window.start == window.end:  # would never open: updates would wait forever
+            raise ValueError(f"the window {text.strip()!r} is empty (it starts as it ends)")
+        return window
 
 
 @dataclass(frozen=True, slots=True)

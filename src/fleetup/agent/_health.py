@@ -8,6 +8,9 @@ grace period, the command exited 0 (run in ``current/``), and the URL answered 2
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -76,16 +79,24 @@ def _run_command(command: tuple[str, ...], cwd: Path, env: Mapping[str, str],
     if budget <= 0:
         return "health check timed out before its command ran"
     try:
-        result = subprocess.run(list(command), cwd=cwd, env=dict(env), timeout=budget,
-                                capture_output=True, text=True, check=False)
-    except subprocess.TimeoutExpired:
-        return f"health command {command[0]} did not finish within {budget:.0f}s"
+        # Its own process group, so a timeout also stops whatever the command started;
+        # output that is not UTF-8 must not crash the agent half way through a switch.
+        process = subprocess.Popen(list(command), cwd=cwd, env=dict(env),
+                                   start_new_session=True, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   encoding="utf-8", errors="replace")
     except OSError as e:
         return f"health command {command[0]} could not run: {e.strerror}"
-    if result.returncode != 0:
-        tail = (result.stderr.strip().splitlines() or result.stdout.strip().splitlines()
-                or [""])[-1][:200]
-        return f"health command exited {result.returncode}" + (f": {tail}" if tail else "")
+    with process:  # on the way out: close the pipes, reap the child
+        try:
+            stdout, stderr = process.communicate(timeout=budget)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            return f"health command {command[0]} did not finish within {budget:.0f}s"
+    if process.returncode != 0:
+        tail = (stderr.strip().splitlines() or stdout.strip().splitlines() or [""])[-1][:200]
+        return f"health command exited {process.returncode}" + (f": {tail}" if tail else "")
     return None
 
 
@@ -99,6 +110,8 @@ def _poll_url(url: str, deadline: float, clock: Callable[[], float],
                 if 200 <= response.status_code < 300:
                     return None
                 last = f"HTTP {response.status_code}"
+            except httpx.InvalidURL:
+                return f"health URL {url!r} is not a valid URL"
             except httpx.HTTPError as e:
                 last = type(e).__name__
             if clock() >= deadline:

@@ -135,7 +135,8 @@ class Journal:
     ``installed`` is what ``current`` pointed to when the cycle began; ``target`` the
     version it moves to; ``restore`` the version a rollback returns to (``None``: remove
     ``current``, as after a failed first install). ``release`` is the target's signed
-    facts (as in TUF ``custom``), kept so a resumed cycle needs no network.
+    facts (as in TUF ``custom``), kept so a resumed cycle needs no network. ``retire``
+    names a yanked release whose tree is removed once the cycle has moved off it.
     """
 
     state: State = State.IDLE
@@ -152,6 +153,7 @@ class Journal:
     blame: bool = False
     on_purpose: bool = False
     rollout_id: str | None = None
+    retire: str | None = None
     started_at: str = ""
     updated_at: str = ""
     resumed: int = 0
@@ -172,6 +174,8 @@ class Journal:
         """Raises StateError if ``data`` is not a journal."""
         try:
             body = json.loads(data)
+            if not isinstance(body, dict):
+                raise TypeError("not a JSON object")
             body.pop("format", None)
             body["state"] = State(body["state"])
             body["kind"] = Kind(body.get("kind", "update"))

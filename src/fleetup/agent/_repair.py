@@ -55,11 +55,13 @@ def repair_tree(store: DeviceStore, facts: ReleaseFacts, archive: Path) -> None:
 def _mend(target: Path, fresh: Path, good: TreeManifest) -> None:
     try:
         actual = scan_tree(target).by_path()
-    except FleetupError:
+    except FleetupError:  # e.g. a link leading out of the tree: replace every entry
         actual = {}
     wanted = good.by_path()
     # Extra entries first, deepest first, so a file standing where a dir belongs goes.
-    for path in sorted(set(actual) - set(wanted), key=lambda p: p.count("/"), reverse=True):
+    # They are listed from the directory itself: ``actual`` may be empty.
+    for path in sorted(_present(target) - set(wanted), key=lambda p: p.count("/"),
+                       reverse=True):
         remove_tree(target / path)
     for entry in good.entries:  # parents before children
         if actual.get(entry.path) == entry:
@@ -75,3 +77,12 @@ def _mend(target: Path, fresh: Path, good: TreeManifest) -> None:
             remove_tree(dest)
         os.replace(source, dest)
         fsync_dir(dest.parent)
+
+
+def _present(target: Path) -> set[str]:
+    """Every path under ``target``, relative; symlinks are listed, never followed."""
+    found: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(target):
+        base = Path(dirpath).relative_to(target)
+        found.update((base / name).as_posix() for name in dirnames + filenames)
+    return found
