@@ -11,6 +11,7 @@ refusal names the entry.
 from __future__ import annotations
 
 import hashlib
+import io
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,11 @@ DEFAULT_LEVEL = 10
 # Bounds the decompressor's memory whatever a hostile frame header claims.
 MAX_WINDOW = 1 << 27
 _CHUNK = 1 << 20
+# Tar bytes an entry may take besides its data: header, padding, and a PAX header with
+# a path and a link target of up to PATH_MAX each. Bounds how much the unpacker
+# decompresses, whatever the headers claim (tarfile reads PAX headers into memory).
+_ENTRY_OVERHEAD = 12 << 10
+_ARCHIVE_OVERHEAD = 64 << 10  # end-of-archive blocks and record padding
 
 
 def build_archive(src: Path, manifest: TreeManifest, out: BinaryIO,
@@ -67,7 +73,7 @@ def _add_entry(tar: tarfile.TarFile, src: Path, entry: Entry) -> None:
         info.type = tarfile.REGTYPE
         info.size = entry.size
         with (src / entry.path).open("rb") as f:
-            hashed = _HashingReader(f)
+            hashed = _HashingReader(f, entry)
             tar.addfile(info, hashed)
         if hashed.hexdigest() != entry.sha256 or hashed.count != entry.size:
             raise SourceTreeError(f"{entry.path} changed while the release was being built")
@@ -76,8 +82,9 @@ def _add_entry(tar: tarfile.TarFile, src: Path, entry: Entry) -> None:
 class _HashingReader:
     """A file wrapper that hashes what ``tarfile`` reads from it."""
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: BinaryIO, entry: Entry) -> None:
         self._f = f
+        self._entry = entry
         self._h = hashlib.sha256()
         self.count = 0
 
@@ -85,6 +92,10 @@ class _HashingReader:
         data = self._f.read(n)
         self._h.update(data)
         self.count += len(data)
+        # A file that shrank since the scan; tarfile would report it as a bare OSError.
+        if n > 0 and len(data) < n and self.count < self._entry.size:
+            raise SourceTreeError(
+                f"{self._entry.path} changed while the release was being built")
         return data
 
     def hexdigest(self) -> str:
@@ -107,9 +118,10 @@ def extract_archive(source: BinaryIO, dest: Path, *, max_size: int, max_entries:
     writer = TreeWriter(dest, max_size=max_size, max_entries=max_entries,
                         on_progress=on_progress)
     decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+    budget = max_size + max_entries * _ENTRY_OVERHEAD + _ARCHIVE_OVERHEAD
     try:
         with decompressor.stream_reader(source, read_size=_CHUNK, closefd=False) as zr, \
-                tarfile.open(fileobj=zr, mode="r|") as tar:
+                tarfile.open(fileobj=_BoundedReader(zr, budget), mode="r|") as tar:
             for member in tar:
                 _unpack_member(writer, tar, member)
         return writer.finish()
@@ -117,6 +129,29 @@ def extract_archive(source: BinaryIO, dest: Path, *, max_size: int, max_entries:
         raise ArchiveError(f"corrupt archive: {e}") from e
     except OSError as e:
         raise storage_error(e, f"unpack into {dest}") from e
+
+
+class _BoundedReader(io.RawIOBase):
+    """Refuses to decompress more tar bytes than the signed size and entry count allow."""
+
+    def __init__(self, f: BinaryIO, budget: int) -> None:
+        super().__init__()
+        self._f = f
+        self._left = budget
+        self._budget = budget
+
+    def read(self, n: int = -1) -> bytes:
+        want = self._left + 1 if n < 0 else min(n, self._left + 1)
+        data = self._f.read(want)
+        self._left -= len(data)
+        if self._left < 0:
+            raise UnsafeArchiveError(
+                f"archive expands past {self._budget} bytes of tar data, more than its "
+                "signed size and entry count allow")
+        return data
+
+    def readable(self) -> bool:
+        return True
 
 
 def _unpack_member(writer: TreeWriter, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 from packaging.version import Version
 
 from fleetup._versions import UpdateType, parse_version
-from fleetup.errors import RepositoryError, UsageError
+from fleetup.errors import RepositoryError, UsageError, VersionError
 
 __all__ = [
     "DeltaFacts",
@@ -152,7 +152,7 @@ class PhasedRollout:
             try:
                 percent = float(pct_text)
                 delay = _parse_delay(delay_text) if delay_text else timedelta(0)
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise UsageError(f"bad rollout step {part!r}: use PERCENT[@DELAY]") from None
             steps.append((delay, percent))
         _check_steps(steps)
@@ -254,7 +254,7 @@ class ReleaseFacts:
                 rollout=PhasedRollout.from_dict(body["rollout"]) if body.get("rollout") else None,
                 extra=dict(body.get("extra") or {}),
             )
-        except (KeyError, TypeError, ValueError, UsageError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError, UsageError, VersionError) as e:
             raise RepositoryError(f"malformed release facts in {path or 'target'}: {e}") from e
         return facts
 

@@ -168,6 +168,10 @@ def _walk(root: Path) -> Iterator[Entry]:
         for name in sorted(dirnames + filenames):
             full = base / name
             rel = full.relative_to(root).as_posix()
+            try:
+                check_member_path(rel)  # e.g. a backslash, which no device would unpack
+            except PathRejectedError as e:
+                raise SourceTreeError(f"{rel!r}: {e}") from None
             st = full.lstat()
             if stat.S_ISLNK(st.st_mode):
                 yield Entry(rel, EntryType.LINK, 0o777, target=os.readlink(full))

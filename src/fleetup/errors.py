@@ -169,10 +169,17 @@ class HealthCheckError(FleetupError):
 
 
 class ServerAPIError(FleetupError):
-    """The fleet server refused a request; ``code`` is the server's stable error code."""
+    """The fleet server refused a request; ``code`` is the server's stable error code.
 
-    def __init__(self, message: str, code: str, status_code: int = 0) -> None:
+    ``retry_after`` is the server's ``Retry-After`` in seconds when it sent one (load
+    shedding): a client waits that long before it tries again. The server raises this
+    class too, to answer a request with that status and code.
+    """
+
+    def __init__(self, message: str, code: str, status_code: int = 0,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.status_code = status_code
+        self.retry_after = retry_after
         self.retryable = status_code >= 500 or status_code in (408, 429)

@@ -1,6 +1,6 @@
 """The publisher side: a TUF release repository of fleetup releases and deltas."""
 
-from fleetup.repository._keys import ROLES, passphrase_from_env
+from fleetup.repository._keys import ROLES, key_path, load_signer, passphrase_from_env, save_key
 from fleetup.repository._publisher import (
     AddedRelease,
     ReleaseRequest,
@@ -13,7 +13,13 @@ from fleetup.repository._publisher import (
     rotate_key,
     yank_release,
 )
-from fleetup.repository._store import FileRepository, RepoConfig, RepoLayout, target_file_name
+from fleetup.repository._store import (
+    FileRepository,
+    RepoConfig,
+    RepoLayout,
+    repo_lock,
+    target_file_name,
+)
 
 __all__ = [
     "ROLES",
@@ -24,12 +30,16 @@ __all__ = [
     "RepoLayout",
     "add_release",
     "init_repo",
+    "key_path",
     "list_releases",
+    "load_signer",
     "open_repository",
     "passphrase_from_env",
     "refresh_repo",
     "releases_of",
+    "repo_lock",
     "rotate_key",
+    "save_key",
     "target_file_name",
     "yank_release",
 ]

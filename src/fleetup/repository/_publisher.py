@@ -8,6 +8,7 @@ is left exactly as it was.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,7 +20,7 @@ from packaging.version import Version
 from tuf.api.metadata import Root, Snapshot, TargetFile, Targets, Timestamp
 
 from fleetup._archive import build_archive, extract_archive
-from fleetup._atomic import atomic_write, storage_error
+from fleetup._atomic import atomic_write, fsync_dir, storage_error
 from fleetup._delta import DELTA_FORMAT, make_delta
 from fleetup._facts import (
     DeltaFacts,
@@ -38,6 +39,7 @@ from fleetup.errors import (
     IntegrityError,
     ReleaseNotFoundError,
     RepositoryError,
+    SigningKeyError,
     StorageError,
     UsageError,
 )
@@ -130,8 +132,30 @@ def open_repository(path: Path, roles: Sequence[str], passphrase: bytes | None,
     root = repo.root()
     for role in roles:
         keyids = set(root.roles[role].keyids)
-        repo.signers[role] = [load_signer(key_path(layout.keys, role), passphrase, keyids, role)]
+        key_file = key_path(layout.keys, role)
+        try:
+            signer = load_signer(key_file, passphrase, keyids, role)
+        except SigningKeyError:
+            # A rotation killed after publishing its new root left the new key pending.
+            pending = _pending_key(key_file)
+            if not pending.exists():
+                raise
+            signer = load_signer(pending, passphrase, keyids, role)
+            _adopt_pending_key(pending, key_file)
+        repo.signers[role] = [signer]
     return repo
+
+
+def _pending_key(key_file: Path) -> Path:
+    return key_file.with_name(f"{key_file.name}.new")
+
+
+def _adopt_pending_key(pending: Path, key_file: Path) -> None:
+    try:
+        os.replace(pending, key_file)
+        fsync_dir(key_file.parent)
+    except OSError as e:
+        raise storage_error(e, f"install the new key {key_file}") from e
 
 
 # -- releases -------------------------------------------------------------------------
@@ -228,13 +252,18 @@ def _facts_for(request: ReleaseRequest, version: Version, manifest: TreeManifest
 
 @contextlib.contextmanager
 def _staging(layout: RepoLayout) -> Iterator[Path]:
+    """A fresh staging directory, removed afterwards."""
     try:
         layout.staging.mkdir(exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=layout.staging))
     except OSError as e:
+        with contextlib.suppress(OSError):
+            layout.staging.rmdir()
         raise storage_error(e, f"create a staging directory in {layout.root}") from e
     try:
         yield tmp
+    except OSError as e:  # writes into the staging directory that are not wrapped below
+        raise storage_error(e, f"stage files in {layout.staging}") from e
     finally:
         remove_tree(tmp)
         with contextlib.suppress(OSError):
@@ -427,14 +456,18 @@ def rotate_key(path: Path, role: str, *, passphrase: bytes | None = None,
     layout = repo.layout
     with repo_lock(layout):
         new_signer = generate_key()
+        old_signers = list(repo.signers[role])
+        # While the rotation is published, the role's metadata carries signatures by
+        # the old and the new key: a client still on the old root and one that already
+        # has the new root both verify it, whatever order they fetch files in. (The new
+        # root itself must be signed by old and new root keys anyway.)
         if role == "root":
-            # The new root must satisfy both the old root's keys and its own.
-            repo.signers["root"] = [*repo.signers["root"], new_signer]
+            repo.signers["root"] = [*old_signers, new_signer]
         with repo.edit_root() as root:
             for keyid in list(root.roles[role].keyids):
                 root.revoke_key(keyid, role)
             root.add_key(new_signer.public_key, role)
-        repo.signers[role] = [new_signer]
+        repo.signers[role] = [*old_signers, new_signer]
         if role == "targets":
             with repo.edit_targets():
                 pass
@@ -442,13 +475,18 @@ def rotate_key(path: Path, role: str, *, passphrase: bytes | None = None,
             repo.do_snapshot(force=True)
         repo.do_timestamp(force=True)
         key_file = key_path(layout.keys, role)
-        backup = key_file.with_name(f"{role}.key.old")
-        shutil.copy2(key_file, backup)
+        pending = _pending_key(key_file)
+        # The new key waits beside the old one until the new root is published: a
+        # publisher killed before that keeps using the old key; one killed after it
+        # adopts the pending key on the next run (see open_repository).
         try:
-            save_key(key_file, new_signer, passphrase)
-            repo.commit()
+            save_key(pending, new_signer, passphrase)
+            repo.commit(root_last=True)
         except BaseException:
-            backup.replace(key_file)
+            pending.unlink(missing_ok=True)
             raise
-        backup.unlink()
+        # Published: the rotation has happened. If the key cannot be moved into place
+        # now, the next operation adopts it (open_repository), so this is not a failure.
+        with contextlib.suppress(StorageError):
+            _adopt_pending_key(pending, key_file)
         return new_signer.public_key.keyid

@@ -49,6 +49,7 @@ from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
 
 from fleetup._atomic import atomic_write, fsync_dir, storage_error
+from fleetup._treewriter import remove_tree
 from fleetup.errors import MetadataExpiredError, RepositoryError, StorageError, UsageError
 
 __all__ = ["FileRepository", "RepoConfig", "RepoLayout", "target_file_name"]
@@ -110,13 +111,17 @@ class RepoConfig:
         """Raises RepositoryError if the file is missing or malformed."""
         try:
             raw = json.loads(path.read_bytes())
-            return cls(expiry_days={k: float(v) for k, v in raw["expiry_days"].items()},
+            expiry_days = {k: float(v) for k, v in raw["expiry_days"].items()}
+            missing = sorted({"root", "targets", "snapshot", "timestamp"} - expiry_days.keys())
+            if missing:
+                raise ValueError(f"no expiry for {', '.join(missing)}")
+            return cls(expiry_days=expiry_days,
                        delta_count=int(raw.get("delta_count", 3)),
                        compression_level=int(raw.get("compression_level", 10)))
         except FileNotFoundError:
             raise RepositoryError(f"not a fleetup repository (no {path.name}): "
                                   f"{path.parent}") from None
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise RepositoryError(f"unreadable repository settings {path}: {e}") from e
 
 
@@ -131,11 +136,16 @@ def target_file_name(layout: RepoLayout, target: TargetFile) -> Path:
 def repo_lock(layout: RepoLayout) -> Iterator[None]:
     """Hold the repository's lock: one publisher at a time.
 
+    Whatever is in the staging directory once the lock is held was left by a publisher
+    that was killed; it is removed.
+
     Raises:
         RepositoryError: another process holds it.
     """
+    # The lock is taken on the directory itself: a lock file would be a change to the
+    # repository even when the operation holding it fails.
     try:
-        fd = os.open(layout.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(layout.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         raise storage_error(e, f"lock {layout.root}") from e
     try:
@@ -143,6 +153,8 @@ def repo_lock(layout: RepoLayout) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RepositoryError(f"another publisher is changing {layout.root}") from None
+        with contextlib.suppress(OSError):
+            remove_tree(layout.staging)
         yield
     finally:
         os.close(fd)
@@ -233,36 +245,42 @@ class FileRepository(Repository):
         name = "timestamp.json" if role == Timestamp.type else f"{md.signed.version}.{role}.json"
         self._staged_meta[name] = md.to_bytes(_SERIALIZER)
 
+    def stage_signed(self, md: Metadata[Any]) -> None:
+        """Stage metadata signed elsewhere (a publisher's targets, a new root) unchanged.
+
+        A fleet server publishes the publisher's targets this way: it holds no targets
+        key, so it must not (and cannot) re-sign them.
+        """
+        role = md.signed.type
+        self._metadata[role] = md
+        name = "timestamp.json" if role == Timestamp.type else f"{md.signed.version}.{role}.json"
+        self._staged_meta[name] = md.to_bytes(_SERIALIZER)
+
     def stage_target(self, source: Path, target: TargetFile) -> None:
         """Schedule ``source`` to become the bytes of ``target`` at commit."""
         self._staged_targets.append((source, target_file_name(self.layout, target)))
 
-    def commit(self) -> None:
-        """Publish everything staged: artifacts, versioned metadata, root, then timestamp.
+    def commit(self, root_last: bool = False) -> None:
+        """Publish everything staged: artifacts, versioned metadata, root, then timestamp
+        (with ``root_last``, as key rotations do: timestamp, then the new root).
 
         Raises:
-            StorageError: the disk refused; everything this commit added is removed
-                and the repository is as it was.
+            StorageError: the disk refused; everything this commit added is removed,
+                everything it replaced is restored, and the repository is as it was.
         """
-        added: list[Path] = []
+        added: list[Path] = []  # files and directories, in the order they were created
+        replaced: dict[Path, bytes] = {}
         try:
             for source, dest in self._staged_targets:
                 self._place_target(source, dest, added)
-            ordered = sorted(self._staged_meta.items(), key=lambda kv: _commit_order(kv[0]))
+            ordered = sorted(self._staged_meta.items(),
+                             key=lambda kv: _commit_order(kv[0], root_last))
             for name, data in ordered:
-                path = self.layout.metadata / name
-                if name != "timestamp.json" and not path.exists():
-                    added.append(path)
-                atomic_write(path, data)
+                self._write_meta(self.layout.metadata / name, data, added, replaced)
                 if name.endswith(".root.json"):
-                    added_copy = not (self.layout.metadata / "root.json").exists()
-                    atomic_write(self.layout.metadata / "root.json", data)
-                    if added_copy:
-                        added.append(self.layout.metadata / "root.json")
+                    self._write_meta(self.layout.metadata / "root.json", data, added, replaced)
         except (StorageError, OSError) as e:
-            for path in reversed(added):
-                with contextlib.suppress(OSError):
-                    path.unlink()
+            _undo(added, replaced)
             if isinstance(e, StorageError):
                 raise
             raise storage_error(e, "publish") from e
@@ -270,25 +288,41 @@ class FileRepository(Repository):
             self._staged_meta.clear()
             self._staged_targets.clear()
 
+    @staticmethod
+    def _write_meta(path: Path, data: bytes, added: list[Path],
+                    replaced: dict[Path, bytes]) -> None:
+        if path.exists():
+            replaced.setdefault(path, path.read_bytes())
+        else:
+            added.append(path)
+        atomic_write(path, data)
+
     def _place_target(self, source: Path, dest: Path, added: list[Path]) -> None:
         if dest.exists():
             return  # content-addressed: same name, same bytes
-        created_dirs = [p for p in reversed(dest.parent.relative_to(self.layout.root).parents)
-                        if not (self.layout.root / p).exists()]
+        missing = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]
+        added.extend(reversed(missing))  # parents first, so they are undone deepest first
         dest.parent.mkdir(parents=True, exist_ok=True)
+        # A fixed temp name, removed first: a publisher killed here left it behind, and
+        # the repository lock says no other publisher is using it now.
         tmp = dest.with_name(f".{dest.name}.tmp")
+        tmp.unlink(missing_ok=True)
         try:
-            os.link(source, tmp)
-        except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                raise
-            shutil.copyfile(source, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
+            try:
+                os.link(source, tmp)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise
+                shutil.copyfile(source, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         added.append(dest)
-        added.extend(self.layout.root / p for p in created_dirs if p != Path("."))
+        fsync_dir(dest.parent)
 
     # -- checks ----------------------------------------------------------------------
 
@@ -312,11 +346,25 @@ class FileRepository(Repository):
             raise RepositoryError(f"{role} metadata is not validly signed: {e}") from e
 
 
-def _commit_order(name: str) -> tuple[int, str]:
+def _undo(added: list[Path], replaced: Mapping[Path, bytes]) -> None:
+    """Best effort: remove what a failed commit added (which frees space on a full
+    disk), then put back what it replaced."""
+    for path in reversed(added):
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            else:
+                path.unlink()
+    for path, data in replaced.items():
+        with contextlib.suppress(StorageError):
+            atomic_write(path, data)
+
+
+def _commit_order(name: str, root_last: bool = False) -> tuple[int, str]:
     if name == "timestamp.json":
         return (3, name)
     if name.endswith(".root.json"):
-        return (2, name)
+        return (4 if root_last else 2, name)
     if name.endswith(".snapshot.json"):
         return (1, name)
     return (0, name)
