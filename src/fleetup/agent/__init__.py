@@ -8,14 +8,30 @@ release source, director, event sink and app restarter for static or fleet mode.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from fleetup.agent._agent import Agent, CheckResult, Outcome, Result, VerifyReport
 from fleetup.agent._config import AgentConfig, load_config
 from fleetup.agent._daemon import Daemon
 from fleetup.agent._lifecycle import RESUME, TRANSITIONS, Event, Journal, State
-from fleetup.agent._modules import ModuleHost
-from fleetup.agent._status_api import StatusApi
 from fleetup.agent._supervisor import AppSupervisor, Restarter
+
+if TYPE_CHECKING:
+    from fleetup.agent._modules import ModuleHost
+    from fleetup.agent._status_api import StatusApi
+
+
+def __getattr__(name: str) -> object:
+    # Loaded on first use only: a resting daemon without them does not carry their code.
+    if name == "StatusApi":
+        from fleetup.agent._status_api import StatusApi
+
+        return StatusApi
+    if name == "ModuleHost":
+        from fleetup.agent._modules import ModuleHost
+
+        return ModuleHost
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "RESUME",
@@ -26,9 +42,11 @@ __all__ = [
     "Daemon",
     "Event",
     "Journal",
+    "ModuleHost",
     "Outcome",
     "Result",
     "State",
+    "StatusApi",
     "VerifyReport",
     "build_agent",
     "build_daemon",
@@ -62,10 +80,16 @@ def build_daemon(config: AgentConfig) -> tuple[Daemon, StatusApi | None]:
     agent = build_agent(config, restarter=supervisor)
     modules = None
     if config.modules.enabled:
+        from fleetup.agent._modules import ModuleHost
+
         fleetup_env = lambda: {k: v for k, v in agent.app_env().items()  # noqa: E731
                                if k.startswith("FLEETUP_")}
         modules = ModuleHost(agent.store.layout.current, hook_timeout=config.modules.hook_timeout,
                              environment=fleetup_env)
     daemon = Daemon(agent, supervisor=supervisor, modules=modules)
-    api = StatusApi(daemon, config.status_api.port) if config.status_api.enabled else None
+    api = None
+    if config.status_api.enabled:  # its HTTP server code loads only when it is on
+        from fleetup.agent._status_api import StatusApi
+
+        api = StatusApi(daemon, config.status_api.port)
     return daemon, api

@@ -41,8 +41,6 @@ from fleetup.agent._install import (
     discard_partials,
     prune_releases,
     remove_release,
-    stage_archive,
-    stage_delta,
     tree_is_staged,
 )
 from fleetup.agent._lifecycle import RESUME, Event, Journal, Kind, State
@@ -396,6 +394,10 @@ class Agent:
         artifact = j.artifact or "full"
         path = Path(j.artifact_path or "")
         try:
+            # Unpacking code (tar, zstd, bsdiff) is loaded only when there is something
+            # to unpack: a resting daemon does not carry it.
+            from fleetup.agent._stage import stage_archive, stage_delta
+
             if artifact.startswith("delta:"):
                 try:
                     stage_delta(self.store, facts, path, artifact.partition(":")[2])

@@ -10,6 +10,9 @@ cycle past the switch is allowed to finish (commit or roll back) first.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import ctypes
+import gc
 import logging
 import queue
 import random
@@ -19,11 +22,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleetup.agent._agent import Agent, Outcome, Result
 from fleetup.agent._lifecycle import FINISH_BEFORE_STOP
-from fleetup.agent._modules import ModuleHost
+
+if TYPE_CHECKING:
+    from fleetup.agent._modules import ModuleHost
 from fleetup.agent._supervisor import AppSupervisor
 from fleetup.errors import FleetupError
 
@@ -123,6 +128,7 @@ class Daemon:
             if isinstance(value, Outcome):
                 self.last_outcome = value
                 self._after(value)
+            _release_free_memory()
             self.last_error = None
             request.result.set_result(value)
         except FleetupError as e:
@@ -177,3 +183,13 @@ class Daemon:
         request = Request(kind, version)
         self.requests.put(request)
         return request
+
+
+def _release_free_memory() -> None:
+    """Give memory freed by a cycle (parsed metadata, buffers) back to the system.
+
+    A daemon idles most of its life; glibc keeps freed heap pages mapped unless asked.
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -79,7 +79,7 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int], No
     from fleetup.cli._output import err
 
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), TimeRemainingColumn(), console=err,
+                  TransferSpeedColumn(), TimeRemainingColumn(), console=err(),
                   transient=False) as bars:
         def start(label: str, total: int) -> Callable[[int], None]:
             task = bars.add_task(label, total=total)

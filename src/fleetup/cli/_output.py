@@ -2,28 +2,41 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["emit_json", "err", "out", "result", "say", "table"]
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# Rich is imported on first use: a device running ``fleetup agent run`` prints little.
+@functools.cache
+def out() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+@functools.cache
+def err() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def say(message: str) -> None:
     """A progress or status line for people, on stderr (stdout stays for results)."""
-    err.print(message, markup=False)
+    err().print(message, markup=False)
 
 
 def result(message: str) -> None:
     """A command's answer for people, on stdout."""
-    out.print(message, markup=False)
+    out().print(message, markup=False)
 
 
 def emit_json(value: Any) -> None:
@@ -33,9 +46,11 @@ def emit_json(value: Any) -> None:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    from rich.table import Table
+
     grid = Table(title=title, show_edge=False, header_style="bold")
     for column in columns:
         grid.add_column(column)
     for row in rows:
         grid.add_row(*("" if v is None else str(v) for v in row))
-    out.print(grid)
+    out().print(grid)

@@ -24,8 +24,9 @@ from fleetup._versions import UpdateType
 from fleetup.agent import Agent, Result
 from fleetup.agent._config import DownloadConfig, MaintenanceWindow, PolicyConfig
 from fleetup.agent._director import AgentEvent
-from fleetup.agent._install import prune_releases, stage_archive
+from fleetup.agent._install import prune_releases
 from fleetup.agent._lifecycle import Journal, Kind, State
+from fleetup.agent._stage import stage_archive
 from fleetup.errors import HealthCheckError, NetworkError, StateError, UsageError
 from fleetup.repository import (
     FileRepository,

@@ -9,8 +9,8 @@ import pytest
 
 from fleetup._facts import ReleaseFacts
 from fleetup._manifest import scan_tree
-from fleetup.agent._install import stage_archive
 from fleetup.agent._repair import repair_tree
+from fleetup.agent._stage import stage_archive
 from fleetup.agent._store import DeviceStore
 from fleetup.errors import ArchiveError, IntegrityError
 from fleetup.repository import FileRepository, RepoConfig, RepoLayout, releases_of, target_file_name
