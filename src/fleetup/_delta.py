@@ -1,187 +1,315 @@
-"""Delta patches between two unpacked release trees.
+"""Delta patches between two unpacked release trees: make (publisher), apply (device).
 
 A patch is made on the trees, not on the compressed archives: compressing first hides
-what did not change. Format ``fleetup-delta/1``::
+what did not change. The decisions are pure and live in :mod:`fleetup._delta_plan`;
+the byte codecs in :mod:`fleetup._delta_codecs`. This module does the IO around them.
 
-    b"FLDELTA1" + one zstd stream of:
-        u32 little-endian header length + header JSON
-        payloads, in header order
+Format ``fleetup-delta/2``::
 
-The header lists every entry of the new tree (dirs, links, files); each file says how
-it is made from the old tree:
+    b"FLDELTA2"
+    8 bytes: the first 8 bytes of the old tree's SHA-256 digest (the tree it applies to)
+    n as an unsigned LEB128 (at most 4 bytes), then n bytes: the header, one zstd
+        frame (magicless) whose dictionary is the old tree's canonical manifest JSON
+        (``TreeManifest.to_json``) and a few common words, so paths the old tree has
+        cost a few bytes each
+    the segment payloads, back to back, each of the length its header record gives
 
-- ``copy``   the old file ``src`` has the same content (unchanged, renamed or moved);
-- ``lit``    its bytes follow literally (the outer zstd stream compresses all literal
-             files together, so many small files share one context);
-- ``zdict``  a zstd frame compressed with the old file ``src`` as dictionary
-             (what ``zstd --patch-from`` does);
-- ``bsdiff`` a bsdiff4 patch against the old file ``src``.
+The header is JSON::
 
-:func:`plan_delta` (pure) decides which old file each new file may come from;
-:func:`make_delta` tries the encoders and keeps the smallest; :func:`apply_delta`
-rebuilds the new tree through :class:`~fleetup._treewriter.TreeWriter`. Files carry no
-hashes in the patch: the caller checks the whole rebuilt tree's digest against the
-signed facts.
+    {"format": "fleetup-delta/2",
+     "moves": [[old dir, new dir], ...],  directory renames, applied to every old path
+                                          (the longest moved prefix wins)
+     "drop": [path, ...],                 old entries (moved paths) not in the new tree
+     "put": [entry, ...],                 new or changed entries, in manifest order
+     "segments": [segment, ...]}
+
+Every entry of the new tree that is not in ``put`` is the old entry at the same (moved)
+path, unchanged; its file is copied from the old tree. A ``put`` entry has the fields
+of a manifest entry without ``sha256`` (``path``, ``type``, ``mode``, ``size`` or
+``target``); a file also has either ``"from": old path`` (same content elsewhere: a
+rename or a copy) or comes from a segment: ``"seg": index`` (left out: the segment of
+the previous such file, or 0) and optionally ``"base": old path`` (default: the old
+file at its own moved path, if there is one).
+
+A segment carries the files that name it, concatenated in ``put`` order, coded by
+``method`` against a *reference*: the distinct bases of its files, concatenated::
+
+    {"method": "lit",    "codec": c, "len": n}               the bytes, compressed
+    {"method": "zdict",  "len": n, "context": budget}        one zstd frame whose
+        dictionary is the reference preceded by up to ``budget`` bytes of old files near
+        the bases (:func:`~fleetup._delta_plan.zdict_context`, recomputed on the device)
+    {"method": "hdiff",  "codec": c, "len": n}               an HDiffPatch diff (format
+        HDIFF13, no inner compression), compressed
+    {"method": "bsdiff", "codec": c, "len": n, "control": k} bsdiff4's control triples
+        (k bytes), diff and extra blocks, concatenated, compressed
+
+``codec`` is ``"zstd"`` (a magicless frame) or ``"xz"`` (raw LZMA2 with a dictionary of
+``2 ** window`` bytes, ``"window": w``). Files carry no hashes: the caller checks the
+whole rebuilt tree against the signed digest.
+
+Bounds a device enforces before it reads or allocates: the header frame (64 MiB
+decoded), a segment's reference plus target (``SEGMENT_MAX``, 64 MiB), context
+(``CONTEXT_MAX``, 4 MiB), zstd windows (128 MiB), xz dictionaries (64 MiB), an
+uncompressed diff (its target plus an eighth plus 1 MiB), the tree's size and entry
+count (the signed ones). Literal and zstd-dictionary segments stream; an ``hdiff`` or
+``bsdiff`` segment holds its reference, its uncompressed diff and its target twice
+(HDiffPatch returns a copy), so applying peaks at about 200 MB in the worst case and at
+reference + 2 x target in practice. Every write goes through
+:class:`~fleetup._treewriter.TreeWriter`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
-import posixpath
-import struct
-from collections.abc import Callable, Iterator
+import lzma
+import os
+import tempfile
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import bsdiff4
 import zstandard
 
+from fleetup._delta_codecs import (
+    Section,
+    available_methods,
+    bsdiff_apply,
+    bsdiff_encode,
+    compress,
+    decompress_all,
+    decompress_chunks,
+    hdiff_apply,
+    hdiff_encode,
+    raw_limit,
+    zdict_chunks,
+    zdict_encode,
+    zstd_frame,
+    zstd_stream,
+    zstd_unframe,
+)
+from fleetup._delta_plan import (
+    CONTEXT_MAX,
+    DELTA_FORMAT,
+    SEGMENT_MAX,
+    Codec,
+    Layout,
+    Method,
+    Part,
+    PlanItem,
+    PlannedSegment,
+    Recipe,
+    Segment,
+    SegmentSpec,
+    candidate_layouts,
+    compose,
+    detect_moves,
+    header_for,
+    plan_delta,
+    plan_with_moves,
+    segment_memory,
+    zdict_context,
+)
 from fleetup._manifest import Entry, EntryType, TreeManifest
 from fleetup._treewriter import TreeWriter
-from fleetup.errors import DeltaError, IntegrityError
+from fleetup.errors import DeltaError, IntegrityError, StorageError, UnsafeArchiveError
 
-__all__ = ["DELTA_FORMAT", "PlanItem", "apply_delta", "make_delta", "plan_delta"]
+__all__ = [
+    "BASE_METHODS",
+    "DELTA_FORMAT",
+    "Method",
+    "PlanItem",
+    "applicable",
+    "apply_delta",
+    "make_delta",
+    "plan_delta",
+]
 
-DELTA_FORMAT = "fleetup-delta/1"
-MAGIC = b"FLDELTA1"
-_OUTER_LEVEL = 19
-_INNER_LEVEL = 19
+# What every agent installation can apply (HDiffPatch is the optional extra).
+BASE_METHODS = frozenset({Method.LIT.value, Method.ZDICT.value, Method.BSDIFF.value})
+
+
+def applicable(method: str, requires: Collection[str]) -> bool:
+    """Whether this installation can apply a delta of this format needing these methods."""
+    have = {m.value for m in available_methods()}
+    return method == DELTA_FORMAT and set(requires) <= have
+
+MAGIC = b"FLDELTA2"
 _CHUNK = 1 << 20
-# Files above this are delta-coded with zstd only: bsdiff needs ~9x the file in memory.
-_BSDIFF_MAX = 32 << 20
-# Files above this are not delta-coded at all (zstd dictionary window limit, memory).
-_DICT_MAX = 1 << 30
-# Largest zstd window the applier accepts for one file.
-_MAX_WINDOW_LOG = 31
-
-
-@dataclass(frozen=True, slots=True)
-class PlanItem:
-    """How one entry of the new tree may be produced: which old file to start from."""
-
-    entry: Entry
-    copy_from: str | None = None
-    base: str | None = None
-
-
-def plan_delta(old: TreeManifest, new: TreeManifest) -> list[PlanItem]:
-    """For each new entry: copy it if some old file has its content, else name the old
-    file most likely to be similar (same path, else same name elsewhere).
-
-    Pure: decides from the manifests alone.
-    """
-    old_files = {e.path: e for e in old.entries if e.type is EntryType.FILE}
-    by_hash: dict[str, str] = {}
-    by_name: dict[str, list[str]] = {}
-    for path, entry in sorted(old_files.items()):
-        by_hash.setdefault(entry.sha256, path)
-        by_name.setdefault(posixpath.basename(path), []).append(path)
-    plan: list[PlanItem] = []
-    for entry in new.entries:
-        if entry.type is not EntryType.FILE:
-            plan.append(PlanItem(entry))
-            continue
-        same = old_files.get(entry.path)
-        if same is not None and same.sha256 == entry.sha256:
-            plan.append(PlanItem(entry, copy_from=entry.path))
-        elif entry.sha256 in by_hash:
-            plan.append(PlanItem(entry, copy_from=by_hash[entry.sha256]))
-        elif same is not None:
-            plan.append(PlanItem(entry, base=entry.path))
-        else:
-            plan.append(PlanItem(entry, base=_closest_by_name(entry, by_name, old_files)))
-    return plan
-
-
-def _closest_by_name(entry: Entry, by_name: dict[str, list[str]],
-                     old_files: dict[str, Entry]) -> str | None:
-    candidates = by_name.get(posixpath.basename(entry.path), [])
-    if not candidates:
-        return None
-    return min(candidates, key=lambda p: (abs(old_files[p].size - entry.size), p))
+_HEADER_MAX = 64 << 20
+_ESTIMATE_LEVEL = 9
+# bsdiff4 is slow and needs ~17 bytes of memory per input byte to diff: it is tried on
+# small files only when HDiffPatch is there, on larger ones when it is the only differ.
+_BSDIFF_BESIDE_HDIFF = 1 << 20
+_BSDIFF_ALONE = 16 << 20
+# Larger binaries go to HDiffPatch unmeasured: on every release pair we measured it made
+# them 3x smaller than zstd with a dictionary, and smaller than bsdiff4, much faster.
+_MEASURE_BINARY_MAX = 1 << 20
 
 
 def make_delta(old_dir: Path, old: TreeManifest, new_dir: Path, new: TreeManifest,
-               out: BinaryIO) -> None:
+               out: BinaryIO, *, methods: Collection[Method] | None = None
+               ) -> frozenset[str]:
     """Write a patch that turns the tree ``old`` (at ``old_dir``) into ``new``.
+
+    ``methods`` restricts the encodings (default: all this installation has; ``lit``
+    is always allowed), e.g. to leave out ``hdiff`` for devices without HDiffPatch.
+    Several layouts are encoded and the smallest patch is kept. Returns the methods
+    the patch uses: a device must have all of them to apply it.
 
     Raises:
         DeltaError: a file could not be read or encoded.
     """
-    header_entries: list[dict[str, object]] = []
-    payloads: list[bytes | Path] = []
-    try:
-        for item in plan_delta(old, new):
-            record, payload = _encode(item, old_dir, new_dir)
-            header_entries.append(record)
-            if payload is not None:
-                payloads.append(payload)
-    except OSError as e:
-        raise DeltaError(f"cannot read {e.filename}: {e.strerror}") from e
-    header = json.dumps({"format": DELTA_FORMAT, "source": old.digest(),
-                         "entries": header_entries},
-                        separators=(",", ":"), sort_keys=True).encode()
-    params = zstandard.ZstdCompressionParameters.from_level(
-        _OUTER_LEVEL, window_log=_window_log(max(new.size, 1)), enable_ldm=True)
-    out.write(MAGIC)
-    with zstandard.ZstdCompressor(compression_params=params).stream_writer(
-            out, closefd=False) as zw:
-        zw.write(struct.pack("<I", len(header)))
-        zw.write(header)
-        for payload in payloads:
-            if isinstance(payload, Path):
-                with payload.open("rb") as f:
-                    while chunk := f.read(_CHUNK):
-                        zw.write(chunk)
-            else:
-                zw.write(payload)
+    wanted = available_methods() if methods is None else {*methods, Method.LIT}
+    allowed = available_methods() & wanted
+    moves = detect_moves(old, new)
+    plan = plan_with_moves(old, new, moves)
+    with _Files(old_dir, new_dir, old) as files:
+        try:
+            parts = _parts(plan, files)
+            costs = {p.path: _estimate(p, files, allowed) for p in parts}
+            encoded = [_Encoding(layout, [files.encode(seg) for seg in layout])
+                       for layout in candidate_layouts(parts, costs, allowed)]
+        except OSError as e:
+            raise DeltaError(f"cannot read {e.filename}: {e.strerror}") from e
+        best = min(encoded, key=lambda enc: enc.size)
+        specs = [p.spec for p in best.payloads]
+        header = header_for(old, new, plan, moves, best.layout, specs)
+        body = json.dumps(header.to_dict(), separators=(",", ":"), sort_keys=True).encode()
+        frame = zstd_frame(body, _header_dictionary(old))
+        out.write(MAGIC + source_tag(old) + _uleb128(len(frame)) + frame)
+        for payload in best.payloads:
+            payload.write_to(out)
+        return frozenset(spec.method.value for spec in specs)
 
 
-def _encode(item: PlanItem, old_dir: Path, new_dir: Path
-            ) -> tuple[dict[str, object], bytes | Path | None]:
-    entry = item.entry
-    record = entry.to_dict()
-    if entry.type is not EntryType.FILE:
-        return record, None
-    # No per-file hashes: they do not compress, and the caller checks the whole
-    # rebuilt tree against the signed digest anyway.
-    del record["sha256"]
-    if item.copy_from is not None:
-        record.update(op="copy", src=item.copy_from)
-        return record, None
-    new_path = new_dir / entry.path
-    if item.base is None or entry.size > _DICT_MAX:
-        record.update(op="lit", len=entry.size)
-        return record, new_path
-    old_bytes = (old_dir / item.base).read_bytes()
-    new_bytes = new_path.read_bytes()
-    # The literal's cost inside the solid outer stream, estimated on its own.
-    best_op, best = "lit", zstandard.ZstdCompressor(level=_INNER_LEVEL).compress(new_bytes)
-    zdict = _zdict_encode(old_bytes, new_bytes)
-    if len(zdict) < len(best):
-        best_op, best = "zdict", zdict
-    if max(len(old_bytes), len(new_bytes)) <= _BSDIFF_MAX:
-        patch = bsdiff4.diff(old_bytes, new_bytes)
-        if len(patch) < len(best):
-            best_op, best = "bsdiff", patch
-    if best_op == "lit":
-        record.update(op="lit", len=entry.size)
-        return record, new_path
-    record.update(op=best_op, src=item.base, len=len(best))
-    return record, best
+@dataclass(frozen=True, slots=True)
+class _Payload:
+    spec: SegmentSpec
+    data: bytes | None = None
+    spooled: BinaryIO | None = None
+
+    def write_to(self, out: BinaryIO) -> None:
+        if self.data is not None:
+            out.write(self.data)
+            return
+        assert self.spooled is not None
+        self.spooled.seek(0)
+        while chunk := self.spooled.read(_CHUNK):
+            out.write(chunk)
 
 
-def _window_log(size: int) -> int:
-    return max(20, min(_MAX_WINDOW_LOG, math.ceil(math.log2(size + 1)) + 1))
+@dataclass(frozen=True, slots=True)
+class _Encoding:
+    layout: Layout
+    payloads: list[_Payload]
+
+    @property
+    def size(self) -> int:
+        return sum(p.spec.length for p in self.payloads)
 
 
-def _zdict_encode(old: bytes, new: bytes) -> bytes:
-    params = zstandard.ZstdCompressionParameters.from_level(
-        _INNER_LEVEL, window_log=_window_log(len(old) + len(new)), enable_ldm=True)
-    dictionary = zstandard.ZstdCompressionDict(old, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-    return zstandard.ZstdCompressor(dict_data=dictionary, compression_params=params).compress(new)
+def _parts(plan: Sequence[PlanItem], files: _Files) -> list[Part]:
+    parts = []
+    for item in plan:
+        entry = item.entry
+        if entry.type is EntryType.FILE and item.copy_from is None:
+            base_size = files.old_files[item.base].size if item.base else 0
+            parts.append(Part(entry.path, entry.size, item.base, base_size))
+    return parts
+
+
+def _estimate(part: Part, files: _Files, allowed: Collection[Method]) -> dict[Method, int]:
+    """Sizes of ``part`` under each method, with quick settings, to choose between them."""
+    if part.base is None or segment_memory(Method.HDIFF, [part]) > SEGMENT_MAX:
+        # New text shares words with its neighbours; a new binary seldom does.
+        small_text = part.size <= SEGMENT_MAX and files.looks_like_text(part.path)
+        return {Method.ZDICT if small_text and Method.ZDICT in allowed else Method.LIT: 0}
+    if (Method.HDIFF in allowed and part.size > _MEASURE_BINARY_MAX
+            and not files.looks_like_text(part.path)):
+        return {Method.HDIFF: 0}
+    ref, target = files.old(part.base), files.new(part.path)
+    costs = {Method.LIT: len(zstd_frame(target, level=_ESTIMATE_LEVEL))}
+    if Method.ZDICT in allowed:
+        costs[Method.ZDICT] = len(zstd_frame(target, ref, _ESTIMATE_LEVEL))
+    if Method.HDIFF in allowed:
+        diff = hdiff_encode(ref, target, validate=False)
+        costs[Method.HDIFF] = len(zstd_frame(diff, level=_ESTIMATE_LEVEL))
+    bsdiff_max = _BSDIFF_BESIDE_HDIFF if Method.HDIFF in allowed else _BSDIFF_ALONE
+    if Method.BSDIFF in allowed and max(part.size, part.base_size) <= bsdiff_max:
+        blob, _ = bsdiff_encode(ref, target)
+        costs[Method.BSDIFF] = len(zstd_frame(blob, level=_ESTIMATE_LEVEL))
+    return costs
+
+
+class _Files:
+    """Reads the two trees for the publisher, and encodes each segment once."""
+
+    def __init__(self, old_dir: Path, new_dir: Path, old: TreeManifest) -> None:
+        self.old_dir = old_dir
+        self.new_dir = new_dir
+        self.old_tree = old
+        self.old_files = {e.path: e for e in old.entries if e.type is EntryType.FILE}
+        self._done: dict[Segment, _Payload] = {}
+
+    def __enter__(self) -> _Files:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for payload in self._done.values():
+            if payload.spooled is not None:
+                payload.spooled.close()
+
+    def old(self, path: str) -> bytes:
+        return (self.old_dir / path).read_bytes()
+
+    def new(self, path: str) -> bytes:
+        return (self.new_dir / path).read_bytes()
+
+    def looks_like_text(self, path: str) -> bool:
+        with (self.new_dir / path).open("rb") as f:
+            return b"\0" not in f.read(8192)
+
+    def encode(self, segment: Segment) -> _Payload:
+        if segment not in self._done:
+            self._done[segment] = self._encode(segment)
+        return self._done[segment]
+
+    def _encode(self, segment: Segment) -> _Payload:
+        method, size = segment.method, segment.target_size
+        if method is Method.LIT:
+            return self._literal(segment)
+        target = b"".join(self.new(p.path) for p in segment.parts)
+        if method is Method.ZDICT:
+            context = zdict_context(self.old_tree, segment.bases, CONTEXT_MAX)
+            ref = b"".join(self.old(p) for p in (*context, *segment.bases))
+            data = zdict_encode(ref, target)
+            return _Payload(SegmentSpec(method, len(data), context=CONTEXT_MAX), data)
+        ref = b"".join(self.old(p) for p in segment.bases)
+        control = 0
+        if method is Method.HDIFF:
+            raw = hdiff_encode(ref, target)
+        else:
+            raw, control = bsdiff_encode(ref, target)
+        if len(raw) > raw_limit(size):  # a device would refuse it; it would not pay anyway
+            return self._literal(Segment(Method.LIT, segment.parts))
+        codec, data, window = compress(raw)
+        return _Payload(SegmentSpec(method, len(data), codec, window, control=control), data)
+
+    def _literal(self, segment: Segment) -> _Payload:
+        size = segment.target_size
+        if size <= SEGMENT_MAX:
+            codec, data, window = compress(b"".join(self.new(p.path) for p in segment.parts))
+            return _Payload(SegmentSpec(Method.LIT, len(data), codec, window), data)
+        spooled = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the payload
+        chunks = (c for p in segment.parts for c in _file_chunks(self.new_dir / p.path))
+        zstd_stream(chunks, size, spooled)
+        length = spooled.tell()
+        return _Payload(SegmentSpec(Method.LIT, length, Codec.ZSTD), spooled=spooled)
+
+
+# -- applying -------------------------------------------------------------------------------
 
 
 def apply_delta(patch: BinaryIO, old_dir: Path, old: TreeManifest, dest: Path, *,
@@ -190,128 +318,208 @@ def apply_delta(patch: BinaryIO, old_dir: Path, old: TreeManifest, dest: Path, *
     """Rebuild the new tree into the new directory ``dest`` from ``old_dir`` and a patch.
 
     ``old`` is the verified manifest of ``old_dir``. Returns the manifest of what was
-    written; the caller compares its digest with the signed one.
+    written; the caller compares its digest with the signed one. On error the caller
+    removes ``dest``.
 
     Raises:
-        DeltaError: the patch is malformed or was made from another tree.
-        IntegrityError: a rebuilt file does not have the SHA-256 the patch names.
-        UnsafeArchiveError: an entry is refused (see ``TreeWriter``).
+        DeltaError: the patch is malformed, was made from another tree, or needs a
+            method this installation lacks (HDiffPatch).
+        IntegrityError: an installed file does not match the installed manifest.
+        UnsafeArchiveError: an entry is refused, or the tree exceeds the signed size or
+            entry count (see ``TreeWriter``).
         StorageError: the disk refused.
     """
     if patch.read(len(MAGIC)) != MAGIC:
-        raise DeltaError("not a fleetup delta patch")
-    reader = zstandard.ZstdDecompressor(max_window_size=1 << _MAX_WINDOW_LOG).stream_reader(
-        patch, read_size=_CHUNK, closefd=False)
+        raise DeltaError("not a fleetup-delta/2 patch")
+    tag = source_tag(old)
+    if patch.read(len(tag)) != tag:
+        raise DeltaError("patch was made from a different tree than the installed one")
     try:
-        header = _read_header(reader)
-        if header.get("source") != old.digest():
-            raise DeltaError("patch was made from a different tree than the installed one")
+        recipe = compose(old, _read_header(patch, old))
+        if recipe.size > max_size:
+            raise UnsafeArchiveError(f"patch makes a tree of {recipe.size} bytes, more than "
+                                     f"the signed size of {max_size}")
+        if recipe.count > max_entries:
+            raise UnsafeArchiveError(f"patch makes a tree of {recipe.count} entries, more "
+                                     f"than the signed {max_entries}")
         writer = TreeWriter(dest, max_size=max_size, max_entries=max_entries,
                             on_progress=on_progress)
-        old_files = {e.path: e for e in old.entries if e.type is EntryType.FILE}
-        for record in _entries(header):
-            _apply_entry(record, reader, writer, old_dir, old_files)
+        _write_tree(recipe, patch, writer, _Installed(old_dir, old))
         return writer.finish()
-    except zstandard.ZstdError as e:
+    except (zstandard.ZstdError, lzma.LZMAError) as e:
         raise DeltaError(f"corrupt patch: {e}") from e
-    except (KeyError, TypeError, ValueError) as e:
+
+
+def _write_tree(recipe: Recipe, patch: BinaryIO, writer: TreeWriter,
+                installed: _Installed) -> None:
+    """Directories first, so every file has its parent; symlinks last (see TreeWriter)."""
+    for entry in recipe.dirs:
+        writer.add_dir(entry.path, entry.mode)
+    for segment in recipe.segments:
+        _apply_segment(segment, patch, writer, installed)
+    for entry, source in recipe.copies:
+        installed.copy(source, entry, writer)
+    if patch.read(1):
+        raise DeltaError("patch has data after its last segment")
+    for entry in recipe.links:
+        writer.add_link(entry.path, entry.target)
+
+
+# Words every header uses, so that even the first of each costs a few bytes.
+_PRIMER = (b'{"drop":[],"format":"%s","moves":[],"put":[{"mode":420,"path":"","seg":1,'
+           b'"size":0,"type":"file"},{"mode":493,"path":"","type":"dir"},{"base":"",'
+           b'"from":"","mode":493,"path":"","size":0,"type":"file"},{"path":"","target":"",'
+           b'"type":"link"}],"segments":[{"codec":"xz","len":0,"method":"hdiff","window":2'
+           b'},{"codec":"zstd","len":0,"method":"lit"},{"codec":"zstd","control":0,"len":0,'
+           b'"method":"bsdiff"},{"context":%d,"len":0,"method":"zdict"}]}'
+           % (DELTA_FORMAT.encode(), CONTEXT_MAX))
+
+
+def source_tag(old: TreeManifest) -> bytes:
+    """What a patch carries to say which tree it applies to: 8 bytes of its digest."""
+    return bytes.fromhex(old.digest().removeprefix("sha256:")[:16])
+
+
+def _header_dictionary(old: TreeManifest) -> bytes:
+    """What the header frame is compressed against: the old tree's manifest and the
+    words every header uses."""
+    return old.to_json() + _PRIMER
+
+
+def _uleb128(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _read_uleb128(patch: BinaryIO) -> int:
+    """A length of at most 4 bytes of 7 bits: more is not a header length."""
+    value = 0
+    for shift in range(0, 28, 7):
+        (byte,) = Section(patch, 1).read_all()
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value
+    raise DeltaError("patch header is implausibly large")
+
+
+def _read_header(patch: BinaryIO, old: TreeManifest) -> object:
+    length = _read_uleb128(patch)
+    if length > _HEADER_MAX:
+        raise DeltaError("patch header is implausibly large")
+    section = Section(patch, length)
+    try:
+        body = zstd_unframe(section, _header_dictionary(old), _HEADER_MAX, "patch header")
+    except zstandard.ZstdError as e:
+        raise DeltaError(f"corrupt patch header: {e}") from e
+    section.skip_rest()
+    try:
+        return json.loads(body)
+    except ValueError as e:
         raise DeltaError(f"malformed patch header: {e}") from e
 
 
-def _read_header(reader: BinaryIO) -> dict[str, object]:
-    raw_len = _read_exact(reader, 4)
-    (length,) = struct.unpack("<I", raw_len)
-    if length > 256 << 20:
-        raise DeltaError("patch header is implausibly large")
-    header = json.loads(_read_exact(reader, length))
-    if not isinstance(header, dict) or header.get("format") != DELTA_FORMAT:
-        raise DeltaError("unknown delta format")
-    return header
-
-
-def _entries(header: dict[str, object]) -> list[dict[str, object]]:
-    entries = header["entries"]
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise DeltaError("patch header has no entry list")
-    return entries
-
-
-def _apply_entry(record: dict[str, object], reader: BinaryIO, writer: TreeWriter,
-                 old_dir: Path, old_files: dict[str, Entry]) -> None:
-    entry = Entry.from_dict({"sha256": "", **record})
-    if entry.type is EntryType.DIR:
-        writer.add_dir(entry.path, entry.mode)
-        return
-    if entry.type is EntryType.LINK:
-        writer.add_link(entry.path, entry.target)
-        return
-    op = record.get("op")
-    if op == "lit":
-        writer.add_file(entry.path, entry.mode, entry.size, _read_chunks(reader, entry.size))
+def _apply_segment(segment: PlannedSegment, patch: BinaryIO, writer: TreeWriter,
+                   installed: _Installed) -> None:
+    spec, size = segment.spec, sum(e.size for e in segment.files)
+    section = Section(patch, spec.length)
+    if spec.method is Method.LIT:
+        assert spec.codec is not None
+        chunks = decompress_chunks(spec.codec, spec.window, section, size)
     else:
-        src = _source(record, old_files)
-        if op == "copy":
-            written = writer.add_file(entry.path, entry.mode, entry.size,
-                                      _file_chunks(old_dir / src))
-            if written.sha256 != old_files[src].sha256:
-                raise IntegrityError(f"{src}: installed file does not match its manifest")
-            return
-        payload = _read_exact(reader, _length(record, entry))
-        data = _decode(str(op), (old_dir / src).read_bytes(), payload, entry.size)
-        writer.add_file(entry.path, entry.mode, entry.size, iter((data,)))
+        ref = installed.read(segment.ref)
+        chunks = (zdict_chunks(ref, section, size) if spec.method is Method.ZDICT
+                  else iter((_undiff(spec, ref, section, size),)))
+    _write_files(writer, segment.files, chunks)
+    section.skip_rest()
 
 
-def _source(record: dict[str, object], old_files: dict[str, Entry]) -> str:
-    src = record.get("src")
-    if not isinstance(src, str) or src not in old_files:
-        raise DeltaError(f"patch refers to {src!r}, which is not a file of the installed tree")
-    return src
+def _undiff(spec: SegmentSpec, ref: bytes, section: Section, size: int) -> bytes:
+    assert spec.codec is not None
+    raw = decompress_all(spec.codec, spec.window, section, raw_limit(size))
+    if spec.method is Method.HDIFF:
+        return hdiff_apply(ref, raw, size)
+    return bsdiff_apply(ref, raw, spec.control, size)
 
 
-def _length(record: dict[str, object], entry: Entry) -> int:
-    length = record.get("len")
-    if not isinstance(length, int) or length < 0 or length > (256 << 20) + 2 * entry.size:
-        raise DeltaError(f"{entry.path}: bad payload length")
-    return length
+def _write_files(writer: TreeWriter, files: Sequence[Entry], chunks: Iterator[bytes]) -> None:
+    """Cut one stream of ``chunks`` into the ``files``, in order, and write them."""
+    stream = _Cutter(chunks)
+    for entry in files:
+        writer.add_file(entry.path, entry.mode, entry.size, stream.take(entry.size))
+    for _ in chunks:  # runs the decoder's own end-of-stream check
+        raise DeltaError("payload holds more data than the patch declares")
 
 
-def _decode(op: str, old: bytes, payload: bytes, size: int) -> bytes:
-    if op == "zdict":
-        dictionary = zstandard.ZstdCompressionDict(old, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-        decompressor = zstandard.ZstdDecompressor(
-            dict_data=dictionary, max_window_size=1 << _MAX_WINDOW_LOG)
-        return decompressor.decompress(payload, max_output_size=size)
-    if op == "bsdiff":
+class _Cutter:
+    """Hands out consecutive byte ranges of a chunk stream."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._left = memoryview(b"")
+
+    def take(self, n: int) -> Iterator[bytes]:
+        while n:
+            if not self._left:
+                self._left = memoryview(next(self._chunks, b""))
+                if not self._left:
+                    raise DeltaError("payload holds less data than the patch declares")
+            # At most a chunk at a time: a piece is copied once more on its way out.
+            piece, self._left = self._left[:min(n, _CHUNK)], self._left[min(n, _CHUNK):]
+            n -= len(piece)
+            yield bytes(piece)
+
+
+class _Installed:
+    """The installed old tree, read only as its verified manifest allows."""
+
+    def __init__(self, root: Path, manifest: TreeManifest) -> None:
+        self.root = str(root)
+        self.files = {e.path: e for e in manifest.entries if e.type is EntryType.FILE}
+
+    def read(self, paths: Iterable[str]) -> bytes:
+        """The files concatenated, each checked against its SHA-256."""
+        parts = []
+        for path in paths:
+            digest = hashlib.sha256()
+            for chunk in self._chunks(path):
+                digest.update(chunk)
+                parts.append(chunk)
+            self._check(path, digest.hexdigest())
+        return b"".join(parts)
+
+    def copy(self, source: str, entry: Entry, writer: TreeWriter) -> None:
+        written = writer.add_file(entry.path, entry.mode, entry.size, self._chunks(source))
+        self._check(source, written.sha256)
+
+    def _check(self, path: str, sha256: str) -> None:
+        if sha256 != self.files[path].sha256:
+            raise IntegrityError(f"{path}: installed file does not match its manifest")
+
+    def _chunks(self, path: str) -> Iterator[bytes]:
+        """The manifest's size of bytes of an installed file (a longer file is cut short,
+        and then fails its hash check if that changed it)."""
+        full = os.path.join(self.root, path)  # not pathlib: this runs for every file
+        left = self.files[path].size
         try:
-            return bytes(bsdiff4.patch(old, payload))
-        except Exception as e:
-            raise DeltaError(f"bsdiff patch does not apply: {e}") from e
-    raise DeltaError(f"unknown patch operation {op!r}")
+            with open(full, "rb", buffering=0) as f:
+                while left:
+                    chunk = f.read(min(left, _CHUNK))
+                    if not chunk:
+                        raise IntegrityError(f"{path}: installed file is shorter than its "
+                                             "manifest says")
+                    left -= len(chunk)
+                    yield chunk
+        except FileNotFoundError:
+            raise IntegrityError(f"{path}: installed file is missing") from None
+        except OSError as e:
+            raise StorageError(f"cannot read {full}: {e.strerror}") from e
 
 
-def _read_exact(reader: BinaryIO, n: int) -> bytes:
-    parts: list[bytes] = []
-    remaining = n
-    while remaining:
-        chunk = reader.read(min(remaining, _CHUNK))
-        if not chunk:
-            raise DeltaError("patch ends early")
-        parts.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(parts)
-
-
-def _read_chunks(reader: BinaryIO, n: int) -> Iterator[bytes]:
-    remaining = n
-    while remaining:
-        chunk = reader.read(min(remaining, _CHUNK))
-        if not chunk:
-            raise DeltaError("patch ends early")
-        remaining -= len(chunk)
-        yield chunk
-
-
-def _file_chunks(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as f:
+def _file_chunks(path: str | Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             yield chunk

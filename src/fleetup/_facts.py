@@ -270,15 +270,21 @@ class DeltaFacts:
     to_version: str
     release_target: str
     method: str
+    # Patch methods beyond what every agent has (e.g. "hdiff"): a device lacking one
+    # skips this delta and downloads the full archive instead.
+    requires: tuple[str, ...] = ()
 
     @property
     def target_path(self) -> str:
         return delta_target_path(self.app, self.platform, self.from_version, self.to_version)
 
     def to_custom(self) -> dict[str, Any]:
-        return {FACTS_KEY: {"kind": "delta", "app": self.app, "platform": self.platform,
-                            "from": self.from_version, "to": self.to_version,
-                            "release": self.release_target, "method": self.method}}
+        body: dict[str, Any] = {"kind": "delta", "app": self.app, "platform": self.platform,
+                                "from": self.from_version, "to": self.to_version,
+                                "release": self.release_target, "method": self.method}
+        if self.requires:
+            body["requires"] = sorted(self.requires)
+        return {FACTS_KEY: body}
 
     @classmethod
     def from_custom(cls, custom: Mapping[str, Any] | None, path: str = "") -> DeltaFacts:
@@ -289,8 +295,12 @@ class DeltaFacts:
         """
         body = _body(custom, "delta", path)
         try:
+            requires = body.get("requires", [])
+            if not isinstance(requires, list):
+                raise TypeError("requires must be a list")
             return cls(str(body["app"]), str(body["platform"]), str(body["from"]),
-                       str(body["to"]), str(body["release"]), str(body["method"]))
+                       str(body["to"]), str(body["release"]), str(body["method"]),
+                       tuple(str(r) for r in requires))
         except (KeyError, TypeError) as e:
             raise RepositoryError(f"malformed delta facts in {path or 'target'}: {e}") from e
 

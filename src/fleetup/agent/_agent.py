@@ -361,6 +361,10 @@ class Agent:
         if (self.config.download.deltas and j.artifact != "full" and base is not None
                 and base in self.store.kept_versions()):
             found = source.delta(facts.app, facts.platform, base, facts.version)
+            if found is not None and not _can_apply(found[0]):
+                log.info("skipping the delta from %s: it needs %s", base,
+                         ", ".join(found[0].requires) or found[0].method)
+                found = None
             if found is not None and found[1] < source.release_length(facts):
                 delta, length = found
                 label = f"delta {base} → {facts.version}"
@@ -628,6 +632,12 @@ class _LazySource:
 
 
 _ABANDON_ON_STOP = frozenset({State.DOWNLOADING, State.VERIFIED, State.STAGED})
+
+
+def _can_apply(delta: DeltaFacts) -> bool:
+    from fleetup._delta import applicable  # delta code loads only when updating
+
+    return applicable(delta.method, delta.requires)
 
 
 def _file_name(target_path: str) -> str:

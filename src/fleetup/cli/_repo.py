@@ -23,10 +23,13 @@ def repo() -> None:
 @click.option("--expires", "role_expiry", multiple=True, metavar="ROLE=DAYS",
               help="Expiry of any role, e.g. --expires timestamp=2 (root 365, targets 90, "
                    "snapshot 7, timestamp 1 by default).")
+@click.option("--delta-methods", default=None, metavar="M,M,...",
+              help="Patch methods deltas may use: lit, zdict, bsdiff (every agent), and "
+                   "hdiff (agents installed with fleetup[hdiff]). [default: lit,zdict,bsdiff]")
 @passphrase_option
 @json_option
 def init(repo_dir: Path, expires_days: float | None, role_expiry: tuple[str, ...],
-         passphrase_env: str | None, as_json: bool) -> None:
+         delta_methods: str | None, passphrase_env: str | None, as_json: bool) -> None:
     """Create a repository: ed25519 keys for root, targets, snapshot and timestamp.
 
     Serving REPO with any static HTTP server is a complete static-mode update source.
@@ -36,7 +39,13 @@ def init(repo_dir: Path, expires_days: float | None, role_expiry: tuple[str, ...
     expiry = _parse_expiry(role_expiry)
     if expires_days is not None:
         expiry["targets"] = expires_days
-    layout = init_repo(repo_dir, expiry_days=expiry,
+    methods = None
+    if delta_methods is not None:
+        methods = tuple(m.strip() for m in delta_methods.split(",") if m.strip())
+        unknown = sorted(set(methods) - {"lit", "zdict", "bsdiff", "hdiff"})
+        if unknown:
+            raise UsageError(f"--delta-methods: unknown method {unknown[0]!r}")
+    layout = init_repo(repo_dir, expiry_days=expiry, delta_methods=methods,
                        passphrase=passphrase_from_env(passphrase_env))
     root_file = layout.metadata / "1.root.json"
     if as_json:

@@ -8,6 +8,7 @@ is left exactly as it was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -21,7 +22,7 @@ from tuf.api.metadata import Root, Snapshot, TargetFile, Targets, Timestamp
 
 from fleetup._archive import build_archive, extract_archive
 from fleetup._atomic import atomic_write, fsync_dir, storage_error
-from fleetup._delta import DELTA_FORMAT, make_delta
+from fleetup._delta import BASE_METHODS, DELTA_FORMAT, Method, make_delta
 from fleetup._facts import (
     DeltaFacts,
     HealthSpec,
@@ -70,6 +71,7 @@ Progress = Callable[[str], None]
 
 
 def init_repo(path: Path, *, expiry_days: Mapping[str, float] | None = None,
+              delta_methods: Sequence[str] | None = None,
               passphrase: bytes | None = None, now: datetime | None = None) -> RepoLayout:
     """Create a repository at ``path``: four ed25519 keys and version-1 metadata.
 
@@ -84,6 +86,8 @@ def init_repo(path: Path, *, expiry_days: Mapping[str, float] | None = None,
         if any(v <= 0 for v in merged.values()):
             raise UsageError("expiry days must be positive")
         config = RepoConfig(expiry_days=merged)
+    if delta_methods is not None:
+        config = dataclasses.replace(config, delta_methods=tuple(delta_methods))
     layout = RepoLayout(path)
     created = not path.exists()
     try:
@@ -320,11 +324,14 @@ def _stage_deltas(repo: FileRepository, facts: ReleaseFacts, manifest: TreeManif
     for old in older:
         old_tree = staging / f"old-{old.version}"
         old_manifest = _unpack_release(repo, targets.targets[old.target_path], old, old_tree)
-        delta = DeltaFacts(facts.app, facts.platform, old.version, facts.version,
-                           facts.target_path, DELTA_FORMAT)
+        methods = {Method(m) for m in repo.config.delta_methods}
         patch = staging / f"delta-{old.version}.fdelta"
         with patch.open("wb") as out:
-            make_delta(old_tree, old_manifest, new_tree, manifest, out)
+            used = make_delta(old_tree, old_manifest, new_tree, manifest, out,
+                              methods=methods)
+        delta = DeltaFacts(facts.app, facts.platform, old.version, facts.version,
+                           facts.target_path, DELTA_FORMAT,
+                           tuple(sorted(used - BASE_METHODS)))
         size = patch.stat().st_size
         say(f"delta from {old.version}: {size} bytes (full archive {full_size})")
         remove_tree(old_tree)

@@ -96,6 +96,9 @@ class RepoConfig:
         "root": 365.0, "targets": 90.0, "snapshot": 7.0, "timestamp": 1.0})
     delta_count: int = 3
     compression_level: int = 10
+    # Patch methods deltas may use. The default is what every agent can apply; add
+    # "hdiff" when the fleet's devices install fleetup[hdiff] (smaller binary deltas).
+    delta_methods: tuple[str, ...] = ("lit", "zdict", "bsdiff")
 
     def expiry(self, role: str) -> timedelta:
         return timedelta(days=self.expiry_days[role])
@@ -103,7 +106,8 @@ class RepoConfig:
     def to_json(self) -> bytes:
         return json.dumps({"format": 1, "expiry_days": dict(self.expiry_days),
                            "delta_count": self.delta_count,
-                           "compression_level": self.compression_level},
+                           "compression_level": self.compression_level,
+                           "delta_methods": list(self.delta_methods)},
                           indent=2, sort_keys=True).encode() + b"\n"
 
     @classmethod
@@ -117,7 +121,9 @@ class RepoConfig:
                 raise ValueError(f"no expiry for {', '.join(missing)}")
             return cls(expiry_days=expiry_days,
                        delta_count=int(raw.get("delta_count", 3)),
-                       compression_level=int(raw.get("compression_level", 10)))
+                       compression_level=int(raw.get("compression_level", 10)),
+                       delta_methods=tuple(str(m) for m in raw.get(
+                           "delta_methods", ("lit", "zdict", "bsdiff"))))
         except FileNotFoundError:
             raise RepositoryError(f"not a fleetup repository (no {path.name}): "
                                   f"{path.parent}") from None

@@ -1,0 +1,58 @@
+"""Which patch methods deltas may use, and how a device learns what a delta needs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fleetup._delta import DELTA_FORMAT, applicable
+from fleetup._facts import DeltaFacts
+from fleetup.repository import FileRepository, RepoConfig, RepoLayout, init_repo
+from tests.unit.repository.conftest import Publish
+
+
+def _delta_facts(repo: Path) -> list[DeltaFacts]:
+    layout = RepoLayout(repo)
+    targets = FileRepository(layout, RepoConfig.load(layout.config)).targets()
+    return [DeltaFacts.from_custom(t.custom, p) for p, t in targets.targets.items()
+            if "/deltas/" in p]
+
+
+def test_a_default_repository_makes_deltas_every_agent_can_apply(
+        repo: Path, publish: Publish) -> None:
+    publish("1.0.0")
+    publish("1.1.0")
+    deltas = _delta_facts(repo)
+    assert deltas, "no delta was published"
+    assert all(d.requires == () for d in deltas)
+    settings = json.loads((repo / "fleetup-repo.json").read_text())
+    assert settings["delta_methods"] == ["lit", "zdict", "bsdiff"]
+
+
+def test_a_delta_that_needs_hdiffpatch_says_so(tmp_path: Path, publish: Publish,
+                                               repo: Path) -> None:
+    pytest.importorskip("hdiffpatch")
+    # Re-create the fixture's repository allowing hdiff: binary-heavy releases use it.
+    shutil.rmtree(repo)
+    init_repo(repo, delta_methods=("lit", "zdict", "bsdiff", "hdiff"))
+    publish("1.0.0", payload_size=2 << 20)
+    publish("1.1.0", payload_size=2 << 20)
+    for delta in _delta_facts(repo):
+        assert set(delta.requires) <= {"hdiff"}
+        custom = delta.to_custom()["fleetup"]
+        assert ("requires" in custom) == bool(delta.requires)
+
+
+def test_a_device_applies_only_deltas_of_its_format_and_methods() -> None:
+    assert applicable(DELTA_FORMAT, [])
+    assert not applicable("fleetup-delta/1", [])
+    assert not applicable(DELTA_FORMAT, ["teleport"])
+
+
+def test_delta_facts_round_trip_what_they_require() -> None:
+    facts = DeltaFacts("app", "linux-x86_64", "1.0", "1.1", "app/linux-x86_64/app-1.1.tar.zst",
+                       DELTA_FORMAT, ("hdiff",))
+    assert DeltaFacts.from_custom(facts.to_custom()) == facts
