@@ -118,6 +118,7 @@ from fleetup.errors import DeltaError, IntegrityError, StorageError, UnsafeArchi
 __all__ = [
     "BASE_METHODS",
     "DELTA_FORMAT",
+    "DeltaNotWorthItError",
     "Method",
     "PlanItem",
     "applicable",
@@ -139,6 +140,9 @@ MAGIC = b"FLDELTA2"
 _CHUNK = 1 << 20
 _HEADER_MAX = 64 << 20
 _ESTIMATE_LEVEL = 9
+# With the old file as dictionary, a related new file compresses far better than alone;
+# above this share of its lone size, the two are taken as unrelated.
+_UNRELATED = 0.9
 # bsdiff4 is slow and needs ~17 bytes of memory per input byte to diff: it is tried on
 # small files only when HDiffPatch is there, on larger ones when it is the only differ.
 _BSDIFF_BESIDE_HDIFF = 1 << 20
@@ -149,14 +153,18 @@ _MEASURE_BINARY_MAX = 1 << 20
 
 
 def make_delta(old_dir: Path, old: TreeManifest, new_dir: Path, new: TreeManifest,
-               out: BinaryIO, *, methods: Collection[Method] | None = None
-               ) -> frozenset[str]:
+               out: BinaryIO, *, methods: Collection[Method] | None = None,
+               give_up_above: int | None = None) -> frozenset[str]:
     """Write a patch that turns the tree ``old`` (at ``old_dir``) into ``new``.
 
     ``methods`` restricts the encodings (default: all this installation has; ``lit``
     is always allowed), e.g. to leave out ``hdiff`` for devices without HDiffPatch.
     Several layouts are encoded and the smallest patch is kept. Returns the methods
     the patch uses: a device must have all of them to apply it.
+
+    ``give_up_above``: the size of the full archive. When the quick estimates already
+    say the patch would not be smaller, :class:`DeltaNotWorthItError` is raised before
+    the costly encoding (trees that share little make patches the size of the archive).
 
     Raises:
         DeltaError: a file could not be read or encoded.
@@ -169,6 +177,12 @@ def make_delta(old_dir: Path, old: TreeManifest, new_dir: Path, new: TreeManifes
         try:
             parts = _parts(plan, files)
             costs = {p.path: _estimate(p, files, allowed) for p in parts}
+            if give_up_above is not None:
+                rough = sum(_rough_size(p, files, costs[p.path]) for p in parts)
+                if rough > give_up_above:
+                    raise DeltaNotWorthItError(
+                        f"a patch would be about {rough} bytes, not smaller than the "
+                        f"{give_up_above}-byte archive")
             encoded = [_Encoding(layout, [files.encode(seg) for seg in layout])
                        for layout in candidate_layouts(parts, costs, allowed)]
         except OSError as e:
@@ -230,6 +244,13 @@ def _estimate(part: Part, files: _Files, allowed: Collection[Method]) -> dict[Me
             and not files.looks_like_text(part.path)):
         return {Method.HDIFF: 0}
     ref, target = files.old(part.base), files.new(part.path)
+    # A first look at level 1 (fast): if the old file does not make the new one
+    # noticeably cheaper, they are unrelated (a base guessed from the name alone) and
+    # the costly diff estimates would be spent for nothing.
+    quick_lit = len(zstd_frame(target, level=1))
+    if len(zstd_frame(target, ref, 1)) > quick_lit * _UNRELATED:
+        small_text = part.size <= SEGMENT_MAX and files.looks_like_text(part.path)
+        return {Method.ZDICT if small_text and Method.ZDICT in allowed else Method.LIT: 0}
     costs = {Method.LIT: len(zstd_frame(target, level=_ESTIMATE_LEVEL))}
     if Method.ZDICT in allowed:
         costs[Method.ZDICT] = len(zstd_frame(target, ref, _ESTIMATE_LEVEL))
@@ -241,6 +262,18 @@ def _estimate(part: Part, files: _Files, allowed: Collection[Method]) -> dict[Me
         blob, _ = bsdiff_encode(ref, target)
         costs[Method.BSDIFF] = len(zstd_frame(blob, level=_ESTIMATE_LEVEL))
     return costs
+
+
+def _rough_size(part: Part, files: _Files, costs: dict[Method, int]) -> int:
+    """An upper-side guess of ``part``'s cost: its best estimate, or zstd level 1 alone."""
+    known = [c for c in costs.values() if c > 0]
+    if known:
+        return min(known)
+    return len(zstd_frame(files.new(part.path), level=1))
+
+
+class DeltaNotWorthItError(DeltaError):
+    """The patch would not be smaller than the full archive; none is made."""
 
 
 class _Files:

@@ -101,7 +101,8 @@ class FakeSource:
     def release_length(self, facts: ReleaseFacts) -> int:
         return self._target(facts.target_path).length
 
-    def download(self, target_path: str, dest: Path, progress: Progress | None = None) -> Path:
+    def download(self, target_path: str, dest: Path, progress: Progress | None = None,
+                 tee: Callable[[int, bytes], None] | None = None) -> Path:
         """Copy the verified bytes of ``target_path`` to ``dest`` (atomically); ``dest``.
 
         Raises:
@@ -120,6 +121,9 @@ class FakeSource:
             target.verify_length_and_hashes(data)
         except tuf_errors.LengthOrHashMismatchError as e:
             raise IntegrityError(f"{target_path} does not match its signed hashes: {e}") from e
+        if tee is not None:  # as a real fetcher does: the bytes as they "arrive"
+            for offset in range(0, len(data), 64 << 10):
+                tee(offset, data[offset:offset + (64 << 10)])
         dest.parent.mkdir(parents=True, exist_ok=True)
         temp = dest.with_name(f".{dest.name}.fake-tmp")
         temp.write_bytes(data)

@@ -376,8 +376,20 @@ class Agent:
                 except FleetupError as e:
                     log.warning("delta download failed (%s); using the full archive", e)
         length = source.release_length(facts)
-        path = source.download(facts.target_path, downloads / _file_name(facts.target_path),
-                               self._progress(f"{facts.app} {facts.version}", length))
+        # Unpack while downloading; the result counts only if python-tuf verifies the
+        # archive and the tree is the signed one (else the stage step unpacks the file).
+        from fleetup.agent._stage import StreamingUnpack
+
+        unpack = StreamingUnpack(self.store, facts)
+        try:
+            path = source.download(facts.target_path, downloads / _file_name(facts.target_path),
+                                   self._progress(f"{facts.app} {facts.version}", length),
+                                   tee=unpack)
+        except BaseException:
+            unpack.discard()
+            raise
+        if unpack.accept():
+            log.debug("%s %s was unpacked while it downloaded", facts.app, facts.version)
         return "full", path
 
     def _progress(self, label: str, total: int) -> Callable[[int, int], None] | None:
@@ -627,8 +639,9 @@ class _LazySource:
         return self._get().release_length(facts)
 
     def download(self, target_path: str, dest: Path,
-                 progress: Callable[[int, int], None] | None = None) -> Path:
-        return self._get().download(target_path, dest, progress)
+                 progress: Callable[[int, int], None] | None = None,
+                 tee: Callable[[int, bytes], None] | None = None) -> Path:
+        return self._get().download(target_path, dest, progress, tee)
 
 
 _ABANDON_ON_STOP = frozenset({State.DOWNLOADING, State.VERIFIED, State.STAGED})

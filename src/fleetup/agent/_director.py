@@ -29,6 +29,7 @@ __all__ = ["AgentEvent", "Director", "EventSink", "LogSink", "ReleaseSource",
 log = logging.getLogger("fleetup.agent")
 
 Progress = Callable[[int, int], None]
+Tee = Callable[[int, bytes], None]
 
 
 class ReleaseSource(Protocol):
@@ -43,8 +44,11 @@ class ReleaseSource(Protocol):
 
     def release_length(self, facts: ReleaseFacts) -> int: ...
 
-    def download(self, target_path: str, dest: Path,
-                 progress: Progress | None = None) -> Path: ...
+    def download(self, target_path: str, dest: Path, progress: Progress | None = None,
+                 tee: Tee | None = None) -> Path:
+        """Fetch and verify ``target_path`` into the file ``dest``. ``tee(offset, data)``,
+        if given, may see the bytes as they arrive; a source may also never call it."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,7 @@ __all__ = [
     "HttpxFetcher",
     "Progress",
     "RetryBudget",
+    "Tee",
     "TokenBucket",
     "backoff_delay",
     "retry_after_seconds",
@@ -62,6 +63,12 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(done_bytes, total_bytes)`` while a download runs."""
+
+Tee = Callable[[int, bytes], None]
+"""Called as ``tee(offset, data)`` with every chunk of an artifact as it is written; an
+offset that is not where the previous chunk ended means the bytes before it are not
+coming (a resumed or restarted download). Used to unpack while downloading; python-tuf
+still verifies the whole file afterwards."""
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -232,6 +239,7 @@ class HttpxFetcher(FetcherInterface):
         rate = self.settings.rate_limit
         self._bucket = TokenBucket(rate, self._clock) if rate else None
         self._progress: Progress | None = None
+        self._tee: Tee | None = None
 
     def close(self) -> None:
         """Close the HTTP client if this fetcher made it."""
@@ -252,6 +260,15 @@ class HttpxFetcher(FetcherInterface):
             yield
         finally:
             self._progress = previous
+
+    @contextlib.contextmanager
+    def teeing(self, tee: Tee | None) -> Iterator[None]:
+        """Hand every chunk of the artifacts downloaded in the block to ``tee`` too."""
+        previous, self._tee = self._tee, tee
+        try:
+            yield
+        finally:
+            self._tee = previous
 
     def partial_path(self, url: str) -> Path | None:
         """The ``.part`` file a download of ``url`` resumes from, or ``None`` if it
@@ -335,7 +352,7 @@ class HttpxFetcher(FetcherInterface):
             file.seek(0)
             file.truncate()
             start = 0
-        report = self._progress
+        report, tee = self._progress, self._tee
         if report:
             report(start, max_length)
         if 0 < start == max_length:
@@ -346,6 +363,8 @@ class HttpxFetcher(FetcherInterface):
                 file.seek(offset)
                 file.truncate()
             file.write(data)
+            if tee:
+                tee(offset, data)
             if report:
                 report(offset + len(data), max_length)
         file.flush()

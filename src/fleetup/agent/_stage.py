@@ -9,9 +9,13 @@ Running it twice does no harm: a complete, verified tree is left alone, a stale
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import queue
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from fleetup import _failpoints as failpoints
 from fleetup._archive import extract_archive
@@ -22,9 +26,9 @@ from fleetup._manifest import TreeManifest
 from fleetup._treewriter import remove_tree
 from fleetup.agent._install import tree_is_staged
 from fleetup.agent._store import DeviceStore
-from fleetup.errors import IntegrityError, StorageError
+from fleetup.errors import ArchiveError, IntegrityError, StorageError
 
-__all__ = ["stage_archive", "stage_delta"]
+__all__ = ["StreamingUnpack", "stage_archive", "stage_delta"]
 
 Progress = Callable[[int], None]
 
@@ -77,20 +81,11 @@ def _stage(store: DeviceStore, facts: ReleaseFacts,
     if tree_is_staged(store, facts):
         return
     layout = store.layout
-    dest, partial = layout.release_dir(facts.version), layout.partial_dir(facts.version)
-    remove_tree(dest)
+    remove_tree(layout.release_dir(facts.version))
+    partial = layout.partial_dir(facts.version)
     remove_tree(partial)
     try:
-        manifest = build(partial)
-        if manifest.digest() != facts.tree_digest:
-            raise IntegrityError(
-                f"the unpacked tree of {facts.version} does not match its signed digest")
-        _flush()
-        failpoints.hit("stage:unpacked")
-        store.save_manifest(facts.version, manifest, facts)
-        failpoints.hit("stage:manifest-saved")
-        os.rename(partial, dest)
-        fsync_dir(layout.releases)
+        _install_partial(store, facts, build(partial))
     except OSError as e:
         remove_tree(partial)
         raise storage_error(e, f"install {facts.version}") from e
@@ -98,6 +93,144 @@ def _stage(store: DeviceStore, facts: ReleaseFacts,
         with contextlib.suppress(OSError, StorageError):
             remove_tree(partial)
         raise
+
+
+def _install_partial(store: DeviceStore, facts: ReleaseFacts, manifest: TreeManifest) -> None:
+    """Check the built ``.partial`` tree against the signed digest, make it durable, and
+    rename it into place (the manifest is saved first: it marks the tree as complete).
+
+    Raises:
+        IntegrityError: the tree is not the signed tree.
+        OSError: the disk refused.
+    """
+    if manifest.digest() != facts.tree_digest:
+        raise IntegrityError(
+            f"the unpacked tree of {facts.version} does not match its signed digest")
+    layout = store.layout
+    _flush()
+    failpoints.hit("stage:unpacked")
+    store.save_manifest(facts.version, manifest, facts)
+    failpoints.hit("stage:manifest-saved")
+    os.rename(layout.partial_dir(facts.version), layout.release_dir(facts.version))
+    fsync_dir(layout.releases)
+
+
+class StreamingUnpack:
+    """Unpacks a release archive into ``releases/<v>.partial`` while it downloads.
+
+    Given as the download's ``tee``: the fetcher hands it each chunk as it is written.
+    A worker thread decompresses and unpacks through the same checks as always
+    (``extract_archive``), overlapping the network with the disk. Nothing it builds is
+    used until :meth:`accept` is called after python-tuf has verified the whole archive,
+    and then only if the tree matches the signed digest; any gap in the bytes (a resumed
+    or restarted download), any error, or a wrong tree abandons it, and the ordinary
+    stage step unpacks the verified file instead.
+    """
+
+    _EOF = b""
+
+    def __init__(self, store: DeviceStore, facts: ReleaseFacts) -> None:
+        self.store = store
+        self.facts = facts
+        self.partial = store.layout.partial_dir(facts.version)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+        self._expected = 0
+        self._abandoned = False
+        self._manifest: TreeManifest | None = None
+        self.error: BaseException | None = None
+        remove_tree(store.layout.release_dir(facts.version))
+        remove_tree(self.partial)
+        self._worker = threading.Thread(target=self._unpack, name="fleetup-unpack",
+                                        daemon=True)
+        self._worker.start()
+
+    def __call__(self, offset: int, data: bytes) -> None:
+        if self._abandoned:
+            return
+        if offset != self._expected:
+            self._abandon()
+            return
+        self._expected += len(data)
+        self._put(data)
+
+    def _put(self, item: bytes | None) -> None:
+        while self._worker.is_alive():  # a worker that died must not block the download
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        self._abandoned = True
+
+    def _abandon(self) -> None:
+        self._abandoned = True
+        self._put(None)
+
+    def _unpack(self) -> None:
+        try:
+            reader = cast("BinaryIO", _QueueReader(self._queue))
+            self._manifest = extract_archive(reader, self.partial,
+                                             max_size=self.facts.tree_size,
+                                             max_entries=self.facts.tree_entries)
+        except BaseException as e:  # noqa: BLE001 - reported through accept()
+            self.error = e
+            while True:  # drain, so the download never waits on a dead worker
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+
+    def accept(self) -> bool:
+        """After python-tuf verified the archive: install the tree if it is complete and
+        the signed one. Returns whether it did; the caller stages normally otherwise."""
+        self._put(self._EOF)
+        self._worker.join()
+        manifest = self._manifest
+        try:
+            if self._abandoned or manifest is None or \
+                    manifest.digest() != self.facts.tree_digest:
+                return False
+            _install_partial(self.store, self.facts, manifest)
+            return True
+        except (OSError, IntegrityError):
+            return False
+        finally:
+            with contextlib.suppress(OSError, StorageError):
+                remove_tree(self.partial)
+
+    def discard(self) -> None:
+        """The download failed: stop the worker and remove what it built."""
+        self._abandon()
+        self._worker.join()
+        with contextlib.suppress(OSError, StorageError):
+            remove_tree(self.partial)
+
+
+class _QueueReader(io.RawIOBase):
+    """A file-like view of the chunks a :class:`StreamingUnpack` receives."""
+
+    def __init__(self, chunks: queue.Queue[bytes | None]) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._buffer = memoryview(b"")
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
+        if not self._buffer:
+            if self._ended:
+                return 0
+            chunk = self._chunks.get()
+            if chunk is None:
+                raise ArchiveError("the download was abandoned")
+            self._ended = not chunk
+            self._buffer = memoryview(chunk)
+        n = min(len(target), len(self._buffer))
+        target[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
 
 
 def _flush() -> None:

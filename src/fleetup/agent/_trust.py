@@ -48,7 +48,7 @@ from fleetup._facts import (
     release_target_path,
 )
 from fleetup._versions import parse_version
-from fleetup.agent._fetcher import FetchSettings, HttpxFetcher, Progress
+from fleetup.agent._fetcher import FetchSettings, HttpxFetcher, Progress, Tee
 from fleetup.errors import (
     ConfigError,
     DeadlineExceededError,
@@ -389,13 +389,15 @@ class TufReleaseSource:
         """
         return self._require(facts.target_path).length
 
-    def download(self, target_path: str, dest: Path,
-                 progress: Progress | None = None) -> Path:
+    def download(self, target_path: str, dest: Path, progress: Progress | None = None,
+                 tee: Tee | None = None) -> Path:
         """Download the target ``target_path`` to the file ``dest``, verified; returns ``dest``.
 
         If ``dest`` already holds the verified target nothing is downloaded. Otherwise
         the artifact is fetched (resuming a partial download), verified by python-tuf,
         fsynced and renamed to ``dest``: on any error ``dest`` is left as it was.
+        ``tee`` sees the bytes as they arrive (see ``_fetcher.Tee``); nothing it does
+        with them is trusted until this method has returned.
 
         Raises:
             ReleaseNotFoundError: ``target_path`` is not a signed target.
@@ -415,7 +417,8 @@ class TufReleaseSource:
                 return dest
         temp = dest.with_name(f".{dest.name}.verifying")
         try:
-            with self._mapped(doing), self.fetcher.reporting(progress):
+            with self._mapped(doing), self.fetcher.reporting(progress), \
+                    self.fetcher.teeing(tee):
                 updater.download_target(target, str(temp), self.endpoints.targets_url)
                 _durable_rename(temp, dest)
         finally:

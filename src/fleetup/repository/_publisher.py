@@ -22,7 +22,13 @@ from tuf.api.metadata import Root, Snapshot, TargetFile, Targets, Timestamp
 
 from fleetup._archive import build_archive, extract_archive
 from fleetup._atomic import atomic_write, fsync_dir, storage_error
-from fleetup._delta import BASE_METHODS, DELTA_FORMAT, Method, make_delta
+from fleetup._delta import (
+    BASE_METHODS,
+    DELTA_FORMAT,
+    DeltaNotWorthItError,
+    Method,
+    make_delta,
+)
 from fleetup._facts import (
     DeltaFacts,
     HealthSpec,
@@ -325,17 +331,27 @@ def _stage_deltas(repo: FileRepository, facts: ReleaseFacts, manifest: TreeManif
         old_tree = staging / f"old-{old.version}"
         old_manifest = _unpack_release(repo, targets.targets[old.target_path], old, old_tree)
         methods = {Method(m) for m in repo.config.delta_methods}
+        # A delta is one more signed file and a slower path on the device: publish it
+        # only when it saves a tenth of the download or more.
+        worth = full_size * 9 // 10
         patch = staging / f"delta-{old.version}.fdelta"
-        with patch.open("wb") as out:
-            used = make_delta(old_tree, old_manifest, new_tree, manifest, out,
-                              methods=methods)
+        try:
+            with patch.open("wb") as out:
+                used = make_delta(old_tree, old_manifest, new_tree, manifest, out,
+                                  methods=methods, give_up_above=worth)
+        except DeltaNotWorthItError:
+            say(f"no delta from {old.version}: the trees share too little")
+            skipped[old.version] = full_size
+            remove_tree(old_tree)
+            patch.unlink(missing_ok=True)
+            continue
         delta = DeltaFacts(facts.app, facts.platform, old.version, facts.version,
                            facts.target_path, DELTA_FORMAT,
                            tuple(sorted(used - BASE_METHODS)))
         size = patch.stat().st_size
         say(f"delta from {old.version}: {size} bytes (full archive {full_size})")
         remove_tree(old_tree)
-        if size >= full_size:
+        if size > worth:
             skipped[old.version] = size
             continue
         target = TargetFile.from_file(delta.target_path, str(patch), ["sha256"])

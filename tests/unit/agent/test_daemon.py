@@ -220,10 +220,11 @@ class GatedSource(FakeSource):
         self.gate = threading.Event()
         self.waiting = threading.Event()
 
-    def download(self, target_path: str, dest: Path, progress: Any = None) -> Path:
+    def download(self, target_path: str, dest: Path, progress: Any = None,
+                 tee: Any = None) -> Path:
         self.waiting.set()
         assert self.gate.wait(timeout=60)
-        return super().download(target_path, dest, progress)
+        return super().download(target_path, dest, progress, tee)
 
 
 def test_a_stop_during_a_download_leaves_it_to_resume(repo: SampleRepo, tmp_path: Path,

@@ -490,3 +490,20 @@ def test_an_own_client_is_closed_and_a_given_one_is_not() -> None:
     fetcher.close()
     assert fetcher._client.is_closed
     assert fetcher._client.trust_env
+
+
+def test_the_tee_sees_every_byte_with_its_offset_and_a_resume_shows_its_gap(
+        clock: FakeClock, tmp_path: Path) -> None:
+    first = Script(serve(DATA, cut_after=3000))
+    seen: list[tuple[int, int]] = []
+    fetcher = make_fetcher(first, clock, tmp_path, max_attempts=1)
+    with fetcher.teeing(lambda offset, data: seen.append((offset, len(data)))), \
+            pytest.raises(exceptions.DownloadError):
+        download(fetcher)
+    assert seen[0][0] == 0
+    assert sum(n for _, n in seen) == 3000
+    resumed: list[int] = []
+    again = make_fetcher(Script(serve(DATA)), clock, tmp_path)
+    with again.teeing(lambda offset, data: resumed.append(offset)):
+        assert download(again) == DATA
+    assert resumed[0] == 3000  # the bytes before it are not coming: a gap

@@ -56,3 +56,23 @@ def test_delta_facts_round_trip_what_they_require() -> None:
     facts = DeltaFacts("app", "linux-x86_64", "1.0", "1.1", "app/linux-x86_64/app-1.1.tar.zst",
                        DELTA_FORMAT, ("hdiff",))
     assert DeltaFacts.from_custom(facts.to_custom()) == facts
+
+
+def test_no_delta_is_made_from_a_release_that_shares_nothing(repo: Path, tmp_path: Path) -> None:
+    import os
+
+    from fleetup.repository import ReleaseRequest, add_release
+    from tests.unit.repository.conftest import PLATFORM
+
+    trees = []
+    for version in ("1.0.0", "2.0.0"):
+        src = tmp_path / f"unrelated-{version}"
+        (src / "lib").mkdir(parents=True)
+        for i in range(20):  # same names, unrelated (random) contents
+            (src / "lib" / f"part{i}.bin").write_bytes(os.urandom(40_000))
+        trees.append(src)
+    add_release(repo, ReleaseRequest(trees[0], "hello", "1.0.0", PLATFORM))
+    added = add_release(repo, ReleaseRequest(trees[1], "hello", "2.0.0", PLATFORM))
+    assert added.deltas == {}
+    assert "1.0.0" in added.skipped_deltas
+    assert _delta_facts(repo) == []

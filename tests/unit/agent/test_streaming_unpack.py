@@ -1,0 +1,123 @@
+"""Unpacking while downloading: accepted only whole, verified and signed; never blocking."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import zstandard
+
+from fleetup._manifest import scan_tree
+from fleetup.agent._stage import StreamingUnpack
+from fleetup.agent._store import DeviceStore
+from fleetup.repository import FileRepository, RepoConfig, RepoLayout, releases_of, target_file_name
+from tests.support.releases import SampleRepo
+
+CHUNK = 16 << 10
+
+
+def _archive(repo: SampleRepo, version: str):  # type: ignore[no-untyped-def]
+    layout = RepoLayout(repo.path)
+    targets = FileRepository(layout, RepoConfig.load(layout.config)).targets()
+    for target, facts in releases_of(targets).values():
+        if facts.version == version:
+            return facts, target_file_name(layout, target).read_bytes()
+    raise AssertionError(version)
+
+
+def _feed(unpack: StreamingUnpack, data: bytes, start: int = 0) -> None:
+    for offset in range(start, len(data), CHUNK):
+        unpack(offset, data[offset:offset + CHUNK])
+
+
+def test_a_whole_verified_stream_becomes_the_installed_tree(tmp_path: Path) -> None:
+    repo = SampleRepo.create(tmp_path)
+    repo.publish("1.0", payload_size=256 << 10)
+    facts, data = _archive(repo, "1.0")
+    store = DeviceStore(tmp_path / "device")
+    store.ensure()
+    unpack = StreamingUnpack(store, facts)
+    _feed(unpack, data)
+    assert unpack.accept()
+    assert store.kept_versions() == ["1.0"]
+    assert scan_tree(store.layout.release_dir("1.0")).digest() == facts.tree_digest
+    assert not store.layout.partial_dir("1.0").exists()
+
+
+def test_a_resumed_download_is_not_unpacked_on_the_fly(tmp_path: Path) -> None:
+    repo = SampleRepo.create(tmp_path)
+    repo.publish("1.0", payload_size=256 << 10)
+    facts, data = _archive(repo, "1.0")
+    store = DeviceStore(tmp_path / "device")
+    store.ensure()
+    unpack = StreamingUnpack(store, facts)
+    _feed(unpack, data, start=CHUNK * 2)  # the first bytes came in an earlier run
+    assert not unpack.accept()
+    assert store.kept_versions() == []
+    assert not store.layout.partial_dir("1.0").exists()
+
+
+def test_a_restarted_body_abandons_the_stream(tmp_path: Path) -> None:
+    repo = SampleRepo.create(tmp_path)
+    repo.publish("1.0", payload_size=256 << 10)
+    facts, data = _archive(repo, "1.0")
+    store = DeviceStore(tmp_path / "device")
+    store.ensure()
+    unpack = StreamingUnpack(store, facts)
+    unpack(0, data[:CHUNK])
+    _feed(unpack, data)  # the server started over: offset 0 again
+    assert not unpack.accept()
+    assert store.kept_versions() == []
+
+
+def test_a_hostile_archive_stops_the_worker_without_blocking_the_download(
+        tmp_path: Path) -> None:
+    repo = SampleRepo.create(tmp_path)
+    repo.publish("1.0")
+    facts, _ = _archive(repo, "1.0")
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        evil = tarfile.TarInfo("../evil")
+        evil.size = 3
+        tar.addfile(evil, io.BytesIO(b"bad"))
+        filler = tarfile.TarInfo("filler")
+        filler.size = 4 << 20
+        tar.addfile(filler, io.BytesIO(b"\0" * (4 << 20)))
+    data = zstandard.ZstdCompressor(level=1).compress(raw.getvalue())
+    store = DeviceStore(tmp_path / "device")
+    store.ensure()
+    unpack = StreamingUnpack(store, facts)
+    _feed(unpack, data * 20)  # far more than the queue holds: must not hang
+    assert not unpack.accept()
+    assert unpack.error is not None
+    assert "'..' in path" in str(unpack.error)
+    assert not (tmp_path / "evil").exists()
+    assert not store.layout.partial_dir("1.0").exists()
+
+
+def test_a_stream_of_another_tree_is_refused(tmp_path: Path) -> None:
+    repo = SampleRepo.create(tmp_path)
+    repo.publish("1.0")
+    repo.publish("1.1")
+    facts_10, _ = _archive(repo, "1.0")
+    _, data_11 = _archive(repo, "1.1")
+    store = DeviceStore(tmp_path / "device")
+    store.ensure()
+    unpack = StreamingUnpack(store, facts_10)
+    _feed(unpack, data_11)
+    assert not unpack.accept()
+    assert store.kept_versions() == []
+
+
+def test_a_failed_download_discards_what_was_unpacked(tmp_path: Path) -> None:
+    repo = SampleRepo.create(tmp_path)
+    repo.publish("1.0", payload_size=256 << 10)
+    facts, data = _archive(repo, "1.0")
+    store = DeviceStore(tmp_path / "device")
+    store.ensure()
+    unpack = StreamingUnpack(store, facts)
+    unpack(0, data[: len(data) // 2])
+    unpack.discard()
+    assert not store.layout.partial_dir("1.0").exists()
+    assert store.kept_versions() == []
