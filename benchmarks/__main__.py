@@ -86,6 +86,8 @@ def _scratch_parent() -> str | None:
 
 def number(value: float, unit: str = "") -> str:
     """``1,234 B``, ``0.42 s``, ``37 MB``: as many digits as a reader needs."""
+    if unit == "s" and value < 0.001:
+        return f"{value * 1_000_000:.0f} µs"
     if unit == "s" and value < 1:
         return f"{value * 1000:.1f} ms"
     if unit == "B" or value >= 100:
