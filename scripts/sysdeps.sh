@@ -3,11 +3,11 @@
 #   postgresql  real PostgreSQL for the server tests (the tests start their own cluster)
 #   chromium    real browser for the dashboard tests (driven by Playwright)
 #   zstd, curl, openssl, xdelta3   baselines measured beside fleetup in benchmarks
-#   nats-server real NATS for the "check now" push tests
+#   wrk         the load generator of the check-in benchmark
 # Needs root or sudo when something is missing; prints what it does.
 set -euo pipefail
 
-packages=(postgresql chromium zstd curl openssl xdelta3 nats-server faketime)
+packages=(postgresql chromium zstd curl openssl xdelta3 wrk)
 missing=()
 for pkg in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then

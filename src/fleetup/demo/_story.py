@@ -484,4 +484,4 @@ def _free_port() -> int:
 
 def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     """Run the demo; returns the exit code (0 only if the story verified)."""
-    return Story(options, console or Console(highlight=False)).run()
+    return Story(options, console or Console(highlight=False, soft_wrap=True)).run()
