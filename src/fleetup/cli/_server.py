@@ -1,0 +1,74 @@
+"""``fleetup server``: run the fleet server (upgrading its database first)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import click
+
+from fleetup.cli._output import say
+from fleetup.errors import UsageError
+
+
+@click.command("server")
+@click.option("--db", "db_url", default=None, metavar="URL",
+              help="Database URL: sqlite:///FILE or postgresql+psycopg://USER@HOST/DB. "
+                   "[default: DATA/fleetup.db]")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("fleetup-data"), show_default=True,
+              help="Directory of the release store, its online keys and the SQLite file.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes (each with its own caches; the database is shared).")
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def server(db_url: str | None, data_dir: Path, host: str, port: int, workers: int,
+           log_level: str) -> None:
+    """Run the fleet server: REST API under /api/v1, signed repository under /repo/."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from fleetup.server import Settings, prepare_database
+
+    os.environ["FLEETUP_SERVER_DATA_DIR"] = str(data_dir.resolve())
+    if db_url:
+        os.environ["FLEETUP_SERVER_DB_URL"] = db_url
+    settings = Settings()  # also reads any other FLEETUP_SERVER_* the caller set
+    prepare_database(settings)
+    config = uvicorn.Config("fleetup.server._app:create_app", factory=True, host=host,
+                            port=port, workers=workers, log_level=log_level,
+                            access_log=False, timeout_graceful_shutdown=10)
+    sock = _listen(host, port)
+    backend = settings.database_url.partition(":")[0]
+    say(f"fleet server on http://{host}:{sock.getsockname()[1]} (data {settings.data_dir}, "
+        f"{backend}, {workers} worker{'s' if workers > 1 else ''})")
+    if workers > 1:
+        Multiprocess(config, sockets=[sock]).run()
+    else:
+        uvicorn.Server(config).run(sockets=[sock])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, made here rather than by uvicorn.
+
+    It is created with ``IPPROTO_TCP`` explicitly: asyncio sets ``TCP_NODELAY`` only on
+    connections whose socket says so, and uvicorn's own multi-worker socket (protocol
+    0) leaves Nagle's algorithm on, which with delayed ACKs stalls every keep-alive
+    request ~40 ms (measured: 22 requests/s on one connection instead of ~3,000).
+
+    Raises:
+        UsageError: the address cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}") from e
+    sock.set_inheritable(True)
+    return sock

@@ -1,0 +1,394 @@
+"""The server process's live state: caches, the check-in buffer, and background work.
+
+Check-ins are the hot path and touch no database in the common case:
+
+- device tokens are looked up in an in-process cache (preloaded at start, up to
+  ``token_cache_preload`` devices; a miss goes to the database once; unknown tokens
+  are remembered briefly so a bad token cannot make every request a query; tokens
+  replaced by a re-enrollment are dropped on the next refresh);
+- the decision comes from :func:`_rollouts.decide` over rollouts cached in process
+  (reloaded every ``cache_seconds`` and right after a local change);
+- what a device reports (version, state, last seen ...) goes into a buffer that a
+  background task writes every ``flush_seconds`` as one batched UPDATE. A server killed
+  with SIGKILL loses at most that long of last-seen updates, never an event: events
+  are written before they are acknowledged.
+
+Background tasks (every process runs them; the database keeps them single):
+
+- rollout evaluation: :func:`_rollouts.stage_verdict` per active rollout, applied with
+  ``UPDATE ... WHERE revision = :seen`` so a stage advances (and is audited) once;
+- metadata re-signing under a database lease, so one process re-signs at a time and
+  the others find it already done.
+
+All cache mutations happen on the event loop's thread; database work runs in worker
+threads (``asyncio.to_thread``) and hands its result back to the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleetup._cohort import cohort_of
+from fleetup.errors import FleetupError, ServerAPIError
+from fleetup.server import _crud
+from fleetup.server._auth import TokenKind, hash_token
+from fleetup.server._models import Device, utcnow
+from fleetup.server._rollouts import (
+    Decision,
+    DeviceView,
+    Offer,
+    RolloutPlan,
+    RolloutState,
+    VerdictKind,
+    decide,
+    outcomes,
+    stage_stats,
+    stage_verdict,
+)
+from fleetup.server._schemas import CheckinRequest, CheckinResponse
+from fleetup.server._settings import Settings
+from fleetup.server._store import ReleaseStore
+
+__all__ = ["DeviceEntry", "Fleet"]
+
+log = logging.getLogger("fleetup.server")
+
+_UNKNOWN_TOKEN_SECONDS = 5.0
+_UNKNOWN_TOKEN_MAX = 10_000
+_RESIGN_LEASE = "repo-resign"
+_EVALUATOR_LEASE = "rollout-evaluator"
+_SCOPE_SECONDS = 30.0
+
+
+@dataclass(slots=True)
+class DeviceEntry:
+    """A device as the check-in path knows it."""
+
+    id: str
+    app: str
+    token_hash: str
+    version: str | None
+    previous_version: str | None
+    # What the database holds for app, platform, channel and tags (None: unknown), so
+    # a check-in writes them only when they change.
+    profile: tuple[str, str, str, frozenset[tuple[str, str]]] | None = None
+
+    @classmethod
+    def of(cls, row: Device) -> DeviceEntry:
+        tags = frozenset((str(k), str(v)) for k, v in (row.tags or {}).items())
+        return cls(row.id, row.app, row.token_hash, row.version, row.previous_version,
+                   (row.app, row.platform, row.channel, tags))
+
+
+class Fleet:
+    """One server process's caches and background tasks over the shared database."""
+
+    def __init__(self, settings: Settings, engine: Engine,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.sessions: sessionmaker[Session] = sessionmaker(engine, expire_on_commit=False)
+        self.store = ReleaseStore(settings.data_dir)
+        self.clock = clock
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.offers: dict[str, list[Offer]] = {}
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.inflight = 0
+        self._tokens: dict[str, DeviceEntry] = {}
+        self._token_of: dict[str, str] = {}
+        self._unknown: dict[str, float] = {}
+        self._refresh_now = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scopes: dict[int, tuple[float, list[float]]] = {}
+
+    # -- devices --------------------------------------------------------------------
+
+    async def device_for(self, token: str) -> DeviceEntry | None:
+        """The device holding ``token``, or ``None`` if the token is unknown.
+
+        Tokens are found by their SHA-256, so lookup timing says nothing usable about
+        the token itself.
+        """
+        if not token.startswith(TokenKind.DEVICE.value):
+            return None
+        digest = hash_token(token)
+        entry = self._tokens.get(digest)
+        if entry is not None:
+            return entry
+        if self._unknown.get(digest, 0.0) > time.monotonic():
+            return None
+        entry = await asyncio.to_thread(self._load_device, digest)
+        if entry is None:
+            if len(self._unknown) >= _UNKNOWN_TOKEN_MAX:
+                self._unknown.clear()
+            self._unknown[digest] = time.monotonic() + _UNKNOWN_TOKEN_SECONDS
+            return None
+        self.remember(entry)
+        return entry
+
+    def _load_device(self, digest: str) -> DeviceEntry | None:
+        with self.sessions() as session:
+            row = _crud.find_device_by_token(session, token_hash=digest)
+            return None if row is None else DeviceEntry.of(row)
+
+    def _preload_tokens(self) -> list[DeviceEntry]:
+        limit = self.settings.token_cache_preload
+        if not limit:
+            return []
+        with self.sessions() as session:
+            return [DeviceEntry.of(row) for row in _crud.device_tokens(session, limit=limit)]
+
+    def remember(self, entry: DeviceEntry) -> None:
+        """Cache a device's token (replacing any older token of the same device)."""
+        old = self._token_of.get(entry.id)
+        if old is not None and old != entry.token_hash:
+            self._tokens.pop(old, None)
+        self._tokens[entry.token_hash] = entry
+        self._token_of[entry.id] = entry.token_hash
+        self._unknown.pop(entry.token_hash, None)
+
+    def checkin(self, device: DeviceEntry, request: CheckinRequest) -> CheckinResponse:
+        """Answer a check-in from the caches and buffer its report; no IO.
+
+        Raises:
+            ServerAPIError: (403) the body names another device than the token's.
+        """
+        if request.device_id != device.id:
+            raise ServerAPIError("the device id does not match the device token",
+                                 "device_mismatch", 403)
+        if request.version != device.version:
+            if device.version is not None:
+                device.previous_version = device.version
+            device.version = request.version
+        profile = (request.app, request.platform, request.channel,
+                   frozenset(request.tags.items()))
+        changed = profile != device.profile
+        device.profile = profile
+        previous = self.pending.get(device.id)
+        self.pending[device.id] = {
+            "id": device.id, "app": request.app, "platform": request.platform,
+            "channel": request.channel, "tags": dict(request.tags),
+            "version": request.version, "previous_version": device.previous_version,
+            "state": request.state, "last_seen": self.clock(),
+            "profile_changed": changed or bool(previous and previous["profile_changed"])}
+        view = DeviceView(device.id, request.app, request.platform, request.channel,
+                          request.version, request.tags, frozenset(request.failed),
+                          device.previous_version)
+        return self._response(decide(view, self.offers.get(request.app, ())))
+
+    def _response(self, decision: Decision) -> CheckinResponse:
+        settings = self.settings
+        spread = settings.checkin_interval * settings.checkin_jitter
+        next_check = settings.checkin_interval + random.uniform(-spread, spread)
+        return CheckinResponse(
+            action=decision.action.value, version=decision.version, target=decision.target,
+            rollout_id=decision.rollout_id, reason=decision.reason,
+            next_check_seconds=max(1, round(next_check)))
+
+    def should_shed(self) -> bool:
+        """Whether a new check-in should be refused (503 + Retry-After) to shed load."""
+        return (self.inflight >= self.settings.max_inflight_checkins
+                or len(self.pending) >= self.settings.max_pending_updates)
+
+    def rollout_for_event(self, app: str, version: str | None) -> int | None:
+        """The rollout an event without a rollout id belongs to: the unfinished one
+        of the device's app that rolls out that version, if exactly one does."""
+        if version is None:
+            return None
+        ids = [o.rollout.id for o in self.offers.get(app, ())
+               if o.rollout.version == version
+               and o.rollout.state in (RolloutState.ACTIVE, RolloutState.PAUSED)]
+        return ids[0] if len(ids) == 1 else None
+
+    def changed(self) -> None:
+        """Something rollouts depend on changed here: reload the caches now.
+
+        Safe to call from any thread (sync routes run in worker threads).
+        """
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._refresh_now.set)
+
+    def remember_soon(self, entry: DeviceEntry) -> None:
+        """:meth:`remember` from a worker thread: done on the event loop's thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.remember, entry)
+
+    # -- background -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for entry in await asyncio.to_thread(self._preload_tokens):
+            self.remember(entry)
+        # The preloaded cache is long-lived: keep the cyclic GC from scanning it at every
+        # full collection (with 100k devices such a scan stalls every request).
+        gc.freeze()
+        await self.refresh()
+        s = self.settings
+        self._tasks = [
+            asyncio.create_task(self._every(s.flush_seconds, self.flush, "flush")),
+            asyncio.create_task(self._refresh_loop()),
+            asyncio.create_task(self._every(s.rollout_tick_seconds, self.evaluate, "rollouts")),
+            asyncio.create_task(self._every(s.resign_check_seconds, self.resign, "re-sign")),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.flush()
+
+    async def _every(self, seconds: float, job: Callable[[], Awaitable[None]],
+                     name: str) -> None:
+        await asyncio.sleep(seconds * random.uniform(0.1, 1.0))
+        while True:
+            await self._guarded(job, name)
+            await asyncio.sleep(seconds)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._refresh_now.wait(), self.settings.cache_seconds)
+            self._refresh_now.clear()
+            await self._guarded(self.refresh, "refresh")
+
+    @staticmethod
+    async def _guarded(job: Callable[[], Awaitable[None]], name: str) -> None:
+        try:
+            await job()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task %s failed; trying again later", name)
+
+    async def flush(self) -> None:
+        """Write the buffered check-in reports in one batch (kept for later on error)."""
+        if not self.pending:
+            return
+        rows, self.pending = list(self.pending.values()), {}
+        try:
+            await asyncio.to_thread(self._write_checkins, rows)
+        except BaseException:
+            for row in rows:
+                self.pending.setdefault(row["id"], row)
+            raise
+
+    def _write_checkins(self, rows: list[dict[str, Any]]) -> None:
+        with self.sessions() as session:
+            _crud.flush_checkins(session, rows=rows)
+            session.commit()
+
+    async def refresh(self) -> None:
+        offers, revoked = await asyncio.to_thread(self._load_caches)
+        self.offers = offers
+        for digest in revoked:
+            entry = self._tokens.pop(digest, None)
+            if entry is not None and self._token_of.get(entry.id) == digest:
+                del self._token_of[entry.id]
+
+    def _load_caches(self) -> tuple[dict[str, list[Offer]], list[str]]:
+        # Replaced tokens of the last minute, every time: a revocation committed late
+        # (clock skew, a slow transaction) is still seen, and dropping twice is harmless.
+        since = utcnow() - timedelta(seconds=60)
+        with self.sessions() as session:
+            return _crud.load_offers(session), _crud.revoked_since(session, since=since)
+
+    async def evaluate(self) -> None:
+        if await asyncio.to_thread(self.evaluate_rollouts):
+            self.changed()
+
+    def evaluate_rollouts(self) -> bool:
+        """Advance, complete or pause each active rollout as its health says.
+
+        One process at a time evaluates (a database lease, renewed each round, taken
+        over by another process when its holder dies); each change is also applied
+        only if the rollout is still at the revision it was judged from, so even two
+        evaluators could not apply a stage twice. Returns whether this process
+        changed any rollout.
+        """
+        changed = False
+        now = self.clock()
+        # Renewed every round; after a crash another process takes over within 3 rounds.
+        ttl = timedelta(seconds=max(1.0, 3 * self.settings.rollout_tick_seconds))
+        with self.sessions() as session:
+            if not _crud.acquire_lease(session, name=_EVALUATOR_LEASE, holder=self.holder,
+                                       ttl=ttl):
+                return False
+            for row in _crud.list_rollouts(session, state=RolloutState.ACTIVE.value):
+                plan, seen_revision = _crud.plan_of(row), row.revision
+                scope = self._scope_cohorts(session, plan)
+                results = outcomes(_crud.rollout_outcome_events(session, rollout_id=plan.id))
+                verdict = stage_verdict(plan, stage_stats(plan, scope, results), now)
+                values: dict[str, Any]
+                if verdict.kind == VerdictKind.ADVANCE:
+                    values = {"stage_index": plan.stage_index + 1, "stage_started_at": now}
+                elif verdict.kind == VerdictKind.COMPLETE:
+                    values = {"state": RolloutState.COMPLETED.value}
+                elif verdict.kind == VerdictKind.PAUSE:
+                    values = {"state": RolloutState.PAUSED.value}
+                else:
+                    session.rollback()
+                    continue
+                # End the read transaction before the write. The change applies only if
+                # the rollout is still at the revision this verdict was made from.
+                session.rollback()
+                changed |= _crud.update_rollout(
+                    session, rollout_id=plan.id, seen_revision=seen_revision,
+                    from_states=[RolloutState.ACTIVE], actor="system",
+                    action=f"rollout.{verdict.kind.value}", state_reason=verdict.reason,
+                    **values)
+        return changed
+
+    def _scope_cohorts(self, session: Session, plan: RolloutPlan) -> list[float]:
+        """Cohorts of the devices a rollout can reach, re-read every ``_SCOPE_SECONDS``
+        (registrations change slowly; a large fleet makes this the costly query)."""
+        cached = self._scopes.get(plan.id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        platforms = _crud.release_platforms(session, app=plan.app, version=plan.version)
+        cohorts = [cohort_of(d, plan.salt)
+                   for d in _crud.rollout_scope(session, plan=plan, platforms=platforms)]
+        self._scopes[plan.id] = (time.monotonic() + _SCOPE_SECONDS, cohorts)
+        return cohorts
+
+    async def resign(self) -> None:
+        await asyncio.to_thread(self.resign_metadata)
+
+    def resign_metadata(self) -> list[str]:
+        """Re-sign snapshot/timestamp if due, in one process at a time."""
+        if not self.store.exists():
+            return []
+        with self.sessions() as session:
+            if not _crud.acquire_lease(session, name=_RESIGN_LEASE, holder=self.holder,
+                                       ttl=timedelta(minutes=5)):
+                return []
+            try:
+                roles = self.store.resign_if_due(self.settings.resign_remaining_share,
+                                                 self.clock())
+                if roles:
+                    _crud.add_audit(session, actor="system", action="repo.resign",
+                                    details={"roles": roles, "holder": self.holder})
+                    session.commit()
+                return roles
+            except FleetupError as e:
+                log.warning("re-signing the repository metadata failed: %s", e)
+                return []
+            finally:
+                _crud.release_lease(session, name=_RESIGN_LEASE, holder=self.holder)

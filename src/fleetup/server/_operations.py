@@ -1,0 +1,313 @@
+"""What operators do, between the thin routes and the queries: checks, then changes.
+
+Each function validates what it is given, changes the database through ``_crud``,
+writes the audit entry in the same transaction, and commits. Refusals are
+:class:`~fleetup.errors.ServerAPIError` with a stable ``code``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
+from sqlalchemy.orm import Session
+
+from fleetup._cohort import cohort_of
+from fleetup.errors import ServerAPIError, UsageError
+from fleetup.server import _crud
+from fleetup.server._models import Release, Rollout, utcnow
+from fleetup.server._rollouts import (
+    DeviceView,
+    Offer,
+    Outcome,
+    RolloutPlan,
+    RolloutState,
+    StageReach,
+    StageStats,
+    Verdict,
+    check_stages,
+    eligibility,
+    outcomes,
+    stage_reach,
+    stage_stats,
+    stage_verdict,
+)
+from fleetup.server._schemas import RolloutAbort, RolloutCreate
+from fleetup.server._store import PushOutcome, ReleaseStore
+
+__all__ = ["DryRun", "RolloutReport", "change_rollout", "dry_run_rollout", "explain_rollout",
+           "push_release", "report_rollout", "start_rollout", "sync_releases"]
+
+
+def _not_found(what: str) -> ServerAPIError:
+    return ServerAPIError(f"no such {what}", "not_found", 404)
+
+
+# -- releases -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """One pushed file: its target path and its bytes (a readable binary stream)."""
+
+    path: str
+    stream: BinaryIO
+
+
+def push_release(session: Session, store: ReleaseStore, *, targets: bytes,
+                 roots: Sequence[bytes], uploads: Sequence[Upload], actor: str
+                 ) -> tuple[PushOutcome, list[Release]]:
+    """Publish a publisher's signed targets with its files, and record its releases.
+
+    Raises:
+        TrustError, RollbackAttackError, IntegrityError, RepositoryError,
+        SigningKeyError, MetadataExpiredError, StorageError: see
+        :meth:`ReleaseStore.accept_push`; nothing was published.
+    """
+    with _spooled(store, uploads) as files:
+        outcome = store.accept_push(targets, roots, files)
+    rows = _crud.record_releases(session, releases=outcome.releases,
+                                 targets_version=outcome.targets_version)
+    _crud.add_audit(session, actor=actor, action="release.push",
+                    target=f"targets:{outcome.targets_version}",
+                    details={"stored_files": outcome.stored_files,
+                             "releases": sorted({f"{r.facts.app} {r.facts.version}"
+                                                 for r in outcome.releases})})
+    session.commit()
+    return outcome, rows
+
+
+def sync_releases(session: Session, store: ReleaseStore) -> int:
+    """Record the releases of the store's current targets (after ``admin repo init``,
+    which writes files only). Returns how many release rows were written; commits.
+
+    Raises:
+        RepositoryError: the store's metadata is missing or corrupt.
+    """
+    if not store.exists():
+        return 0
+    version, releases = store.current_releases()
+    known = _crud.list_releases(session)
+    if known and max(r.targets_version for r in known) >= version:
+        return 0
+    rows = _crud.record_releases(session, releases=releases, targets_version=version)
+    _crud.add_audit(session, actor="system", action="release.sync",
+                    target=f"targets:{version}", details={"releases": len(rows)})
+    session.commit()
+    return len(rows)
+
+
+@contextlib.contextmanager
+def _spooled(store: ReleaseStore, uploads: Sequence[Upload]) -> Iterator[dict[str, Path]]:
+    # Next to the repository, so placing a file is a hard link, not a second copy.
+    staging = store.layout.root / ".uploads"
+    staging.mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(dir=staging))
+    try:
+        files: dict[str, Path] = {}
+        for number, upload in enumerate(uploads):
+            path = directory / f"{number}.bin"
+            with path.open("wb") as out:
+                shutil.copyfileobj(upload.stream, out, 1 << 20)
+            files[upload.path] = path
+        yield files
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- rollouts -------------------------------------------------------------------------
+
+
+def start_rollout(session: Session, *, spec: RolloutCreate, actor: str) -> Rollout:
+    """Create an active rollout at its first stage.
+
+    Raises:
+        ServerAPIError: 422 bad stages, unknown channel, or no such release (or only
+            yanked ones); 409 another rollout of that app and channel is unfinished.
+    """
+    _check_spec(session, spec)
+    try:
+        row = _crud.create_rollout(
+            session, app=spec.app, version=spec.version, channel=spec.channel,
+            stages=spec.stages, soak_seconds=spec.soak_seconds, min_reports=spec.min_reports,
+            max_failure_rate=spec.max_failure_rate, group=spec.group, created_by=actor)
+    except DBIntegrityError as e:
+        session.rollback()
+        raise ServerAPIError(f"{spec.app} already has an active or paused rollout on "
+                             f"{spec.channel}: finish, abort or wait for it first",
+                             "rollout_conflict", 409) from e
+    _crud.add_audit(session, actor=actor, action="rollout.start", target=f"rollout:{row.id}",
+                    details=spec.model_dump())
+    session.commit()
+    return row
+
+
+def _check_spec(session: Session, spec: RolloutCreate) -> frozenset[str]:
+    """Refuse a rollout that cannot start; returns the release's platforms."""
+    try:
+        check_stages(spec.stages)
+    except UsageError as e:
+        raise ServerAPIError(str(e), "invalid_stages", 422) from e
+    if spec.channel not in {c.name for c in _crud.list_channels(session)}:
+        raise ServerAPIError(f"no channel {spec.channel!r}: create it first",
+                             "unknown_channel", 422)
+    platforms = _crud.release_platforms(session, app=spec.app, version=spec.version)
+    if not platforms:
+        raise ServerAPIError(f"{spec.app} {spec.version} has not been pushed (or is yanked)",
+                             "unknown_release", 422)
+    return frozenset(platforms)
+
+
+@dataclass(frozen=True, slots=True)
+class DryRun:
+    rollout_id: int
+    matching: int
+    in_scope: int
+    stages: list[StageReach]
+
+
+def dry_run_rollout(session: Session, *, spec: RolloutCreate) -> DryRun:
+    """How many devices each stage of ``spec`` would reach if it started now, with
+    the cohorts of the id it would get (see :func:`_rollouts.stage_reach`).
+
+    Raises:
+        ServerAPIError: 422 as :func:`start_rollout` would refuse it.
+    """
+    platforms = _check_spec(session, spec)
+    now = utcnow()
+    plan = RolloutPlan(
+        id=_crud.next_rollout_id(session), app=spec.app, version=spec.version,
+        channel=spec.channel, stages=tuple(spec.stages), stage_index=0, stage_started_at=now,
+        soak=timedelta(seconds=spec.soak_seconds), min_reports=spec.min_reports,
+        max_failure_rate=spec.max_failure_rate, state=RolloutState.ACTIVE,
+        group=dict(spec.group))
+    failed = _crud.devices_that_failed(session, app=spec.app, version=spec.version)
+    devices = [DeviceView(d.id, d.app, d.platform, d.channel, d.version, d.tags or {},
+                          frozenset(), d.previous_version)
+               for d in _crud.rollout_devices(session, plan=plan)]
+    matching, in_scope, stages = stage_reach(Offer(plan, platforms, failed), devices)
+    return DryRun(plan.id, matching, in_scope, stages)
+
+
+_ALLOWED = {
+    "pause": [RolloutState.ACTIVE],
+    "resume": [RolloutState.PAUSED],
+    "advance": [RolloutState.ACTIVE],
+    "abort": [RolloutState.ACTIVE, RolloutState.PAUSED],
+}
+
+
+def change_rollout(session: Session, *, rollout_id: int, action: str, actor: str,
+                   abort: RolloutAbort | None = None) -> Rollout:
+    """Pause, resume, advance or abort (optionally with rollback) a rollout.
+
+    Resuming restarts the stage's soak and counts failures from then on. Advancing
+    moves an active rollout to its next stage now, without waiting for the soak and
+    the reports (on its last stage: completes it).
+
+    Raises:
+        ServerAPIError: 404 no such rollout; 409 not in a state that allows it.
+    """
+    row = session.get(Rollout, rollout_id)
+    if row is None:
+        raise _not_found("rollout")
+    if RolloutState(row.state) not in _ALLOWED[action]:
+        raise ServerAPIError(f"rollout {rollout_id} is {row.state}: cannot {action} it",
+                             "invalid_state", 409)
+    values: dict[str, Any]
+    if action == "pause":
+        values = {"state": "paused", "state_reason": f"paused by {actor}"}
+    elif action == "resume":
+        report = report_rollout(session, row)
+        values = {"state": "active", "state_reason": f"resumed by {actor}",
+                  "stage_started_at": utcnow(), "base_reports": report.stats.total_reports,
+                  "base_failures": report.stats.total_failures}
+    elif action == "advance":
+        values = _advance(_crud.plan_of(row), actor)
+    else:
+        abort = abort or RolloutAbort()
+        values = {"state": "aborted", "rollback": abort.rollback,
+                  "state_reason": abort.reason or (
+                      f"aborted by {actor}" + (" with rollback" if abort.rollback else ""))}
+    revision = row.revision
+    session.rollback()
+    if not _crud.update_rollout(session, rollout_id=rollout_id, seen_revision=revision,
+                                from_states=_ALLOWED[action], actor=actor,
+                                action=f"rollout.{action}", **values):
+        raise ServerAPIError(f"rollout {rollout_id} changed meanwhile: look and try again",
+                             "conflict", 409)
+    fresh = session.get(Rollout, rollout_id)
+    assert fresh is not None
+    return fresh
+
+
+def _advance(plan: RolloutPlan, actor: str) -> dict[str, Any]:
+    if plan.is_last_stage:
+        return {"state": "completed", "state_reason": f"completed by {actor}"}
+    following = plan.stages[plan.stage_index + 1]
+    return {"stage_index": plan.stage_index + 1, "stage_started_at": utcnow(),
+            "state_reason": f"advanced to {following:g}% by {actor}"}
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutReport:
+    plan: RolloutPlan
+    platforms: frozenset[str]
+    results: dict[str, Outcome]
+    stats: StageStats
+    verdict: Verdict
+
+
+def report_rollout(session: Session, row: Rollout) -> RolloutReport:
+    """The rollout's stage counts and what the next evaluation would do."""
+    plan = _crud.plan_of(row)
+    platforms = frozenset(_crud.release_platforms(session, app=plan.app, version=plan.version))
+    scope = _crud.rollout_scope(session, plan=plan, platforms=platforms)
+    results = outcomes(_crud.rollout_outcome_events(session, rollout_id=plan.id))
+    stats = stage_stats(plan, [cohort_of(d, plan.salt) for d in scope], results)
+    return RolloutReport(plan, platforms, results, stats, stage_verdict(plan, stats, utcnow()))
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceExplanation:
+    device_id: str
+    version: str | None
+    platform: str
+    channel: str
+    cohort: float
+    targeted: bool
+    outcome: str | None
+    reason: str
+
+
+def explain_rollout(session: Session, row: Rollout, *, limit: int, offset: int
+                    ) -> tuple[list[DeviceExplanation], int]:
+    """Per device of the rollout's app: is it getting the release, and why (or not)."""
+    report = report_rollout(session, row)
+    offer = Offer(report.plan, report.platforms,
+                  frozenset(d for d, o in report.results.items() if o == Outcome.FAILED))
+    devices = _crud.rollout_devices(session, plan=report.plan)
+    rows = []
+    for device in devices[offset:offset + limit]:
+        view = DeviceView(device.id, device.app, device.platform, device.channel,
+                          device.version, device.tags or {}, frozenset(),
+                          device.previous_version)
+        seen = eligibility(view, offer)
+        outcome = report.results.get(device.id)
+        reason = seen.reason
+        if outcome is not None:
+            reason = f"{outcome.value} ({seen.reason})"
+        elif seen.targeted and report.plan.state != RolloutState.ACTIVE:
+            reason = f"in the cohort, but the rollout is {report.plan.state}"
+        rows.append(DeviceExplanation(device.id, device.version, device.platform,
+                                      device.channel, round(seen.cohort, 4),
+                                      seen.targeted, outcome.value if outcome else None,
+                                      reason))
+    return rows, len(devices)

@@ -1,0 +1,408 @@
+"""The dashboard's pages: thin routes that read through the same queries and operations
+as the REST API (``_crud``, ``_operations``, ``_analytics``, ``_alerts``) and render a
+template. Changes are POST forms (CSRF-checked, role-checked) answered with a redirect
+back to the page (POST-redirect-GET), so a reload never repeats an action.
+
+Roles: every page is open to any signed-in operator (a viewer sees everything);
+rollout controls, starting rollouts and acknowledging alerts need ``publisher``;
+managing alert rules needs ``admin``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+
+from fleetup._cohort import cohort_of
+from fleetup.errors import FleetupError, ServerAPIError
+from fleetup.server import _alerts, _crud
+from fleetup.server._analytics import (
+    FAILURE_TYPES,
+    rates_report,
+    recent_events,
+    rollout_stage_rows,
+    time_to_update_report,
+    top_failure_reasons,
+    version_counts,
+    version_distribution,
+)
+from fleetup.server._auth import Role, TokenKind, hash_token
+from fleetup.server._models import Alert, Device, Rollout, utcnow
+from fleetup.server._operations import (
+    change_rollout,
+    dry_run_rollout,
+    explain_rollout,
+    report_rollout,
+    start_rollout,
+)
+from fleetup.server._schemas import (
+    AlertRuleCreate,
+    AlertRuleUpdate,
+    RolloutAbort,
+    RolloutCreate,
+)
+from fleetup.server.dashboard._charts import bar_chart, line_chart, top_items
+from fleetup.server.dashboard._render import render
+from fleetup.server.dashboard._session import (
+    COOKIE,
+    LOGIN_COOKIE,
+    AdminFormDep,
+    PageError,
+    PageUser,
+    PageUserDep,
+    PublisherFormDep,
+    ViewerFormDep,
+    close_session,
+    find_session,
+    open_session,
+)
+from fleetup.server.deps import FleetDep, SessionDep
+
+__all__ = ["router"]
+
+router = APIRouter(include_in_schema=False)
+
+_PAGE = 50
+# What agents report as their state (the update lifecycle's persisted names).
+_DEVICE_STATES = ("idle", "downloading", "verified", "staged", "switched", "health-checking",
+                  "committed", "failed", "rolling-back", "rolled-back")
+Text = Annotated[str, Form()]
+
+
+def _back(path: str, done: str) -> RedirectResponse:
+    return RedirectResponse(f"{path}?done={done}", status_code=303)
+
+
+def _no_rollout() -> PageError:
+    return PageError(404, "There is no such rollout.")
+
+
+# -- signing in -------------------------------------------------------------------------
+
+
+def _safe_next(target: str) -> str:
+    # Only a path on this server, never an open redirect: not "//host", not "https://host",
+    # and no backslash (browsers read "/\\host" as "//host").
+    if (not target.startswith("/") or target.startswith("//") or "\\" in target
+            or any(ord(c) < 32 for c in target)):
+        return "/"
+    return target
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, session: SessionDep,
+               next_path: Annotated[str, Query(alias="next")] = "/") -> Response:
+    cookie = request.cookies.get(COOKIE)
+    if cookie and find_session(session, cookie=cookie):
+        return RedirectResponse(_safe_next(next_path), status_code=303)
+    return _login_page(request, next_path, status=200)
+
+
+def _login_page(request: Request, next_path: str, status: int, error: str = "") -> Response:
+    token = secrets.token_urlsafe(24)
+    response = render(request, "login.html", status, user=None, csrf=token,
+                      next=_safe_next(next_path), error=error)
+    response.set_cookie(LOGIN_COOKIE, token, max_age=3600, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", path="/login")
+    return response
+
+
+@router.post("/login")
+def login(request: Request, session: SessionDep, fleet: FleetDep, token: Text,
+          csrf: Annotated[str, Form()] = "",
+          next_path: Annotated[str, Form(alias="next")] = "/") -> Response:
+    """Trade an operator token for a session cookie."""
+    expected = request.cookies.get(LOGIN_COOKIE, "")
+    if not expected or not hmac.compare_digest(csrf.encode(), expected.encode()):
+        return _login_page(request, next_path, 403, "The sign-in form expired: try again.")
+    token = token.strip()
+    row = (_crud.find_operator(session, token_hash=hash_token(token))
+           if token.startswith(TokenKind.OPERATOR.value) else None)
+    if row is None:
+        return _login_page(request, next_path, 401, "Unknown or revoked operator token.")
+    cookie, _ = open_session(session, operator_id=row.id, hours=fleet.settings.session_hours)
+    response = RedirectResponse(_safe_next(next_path), status_code=303)
+    response.set_cookie(COOKIE, cookie, max_age=int(fleet.settings.session_hours * 3600),
+                        httponly=True, samesite="strict", secure=request.url.scheme == "https",
+                        path="/")
+    response.delete_cookie(LOGIN_COOKIE, path="/login")
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, session: SessionDep, _: ViewerFormDep) -> Response:
+    close_session(session, cookie=request.cookies.get(COOKIE, ""))
+    response = RedirectResponse("/login?done=signed-out", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+# -- overview ---------------------------------------------------------------------------
+
+
+@router.get("/", response_class=HTMLResponse)
+def overview(request: Request, session: SessionDep, user: PageUserDep) -> Response:
+    """Versions, live rollouts, update rates over 24 h, open alerts."""
+    now = utcnow()
+    rates, hourly = rates_report(session, now=now, hours=24)
+    versions = version_distribution(version_counts(session))
+    live = [(row, report_rollout(session, row))
+            for row in _crud.list_rollouts(session) if row.state in ("active", "paused")]
+    alerts, open_alerts = _alerts.list_alerts(session, state="open", limit=10)
+    version_chart = bar_chart(top_items(
+        [(f"{v.app} {v.version or '(none)'}", float(v.devices)) for v in versions], 12))
+    rates_chart = line_chart(
+        [h.start.strftime("%H:00") for h in hourly],
+        [("success", "ok", [h.rates.success_rate for h in hourly]),
+         ("failure", "bad", [h.rates.failure_rate for h in hourly]),
+         ("rollback", "warn", [h.rates.rollback_rate for h in hourly])])
+    return render(request, "overview.html", user=user, active="overview", rates=rates,
+                  versions=versions, devices=sum(v.devices for v in versions), live=live,
+                  alerts=alerts, open_alerts=open_alerts, version_chart=version_chart,
+                  rates_chart=rates_chart)
+
+
+# -- rollouts ---------------------------------------------------------------------------
+
+
+@router.get("/rollouts", response_class=HTMLResponse)
+def rollouts(request: Request, session: SessionDep, user: PageUserDep,
+             state: str | None = None) -> Response:
+    rows = _crud.list_rollouts(session, state=state or None)
+    return render(request, "rollouts.html", user=user, active="rollouts", rows=rows,
+                  state=state or "", plans={r.id: _crud.plan_of(r) for r in rows})
+
+
+@router.get("/rollouts/new", response_class=HTMLResponse)
+def new_rollout(request: Request, session: SessionDep, user: PageUserDep) -> Response:
+    return _new_rollout_page(request, session, user, {})
+
+
+def _new_rollout_page(request: Request, session: SessionDep, user: PageUser,
+                      form: dict[str, str], status: int = 200, **extra: Any) -> Response:
+    releases = _crud.list_releases(session)
+    return render(request, "rollout_new.html", status, user=user, active="rollouts",
+                  form=form, channels=_crud.list_channels(session),
+                  apps=sorted({r.app for r in releases}),
+                  versions=sorted({(r.app, r.version) for r in releases if not r.yanked}),
+                  **extra)
+
+
+def _rollout_spec(form: dict[str, str]) -> RolloutCreate:
+    """The start form as the API's RolloutCreate (percent fields as in the CLI).
+
+    Raises:
+        ValueError: a field that is not a number or a TAG=VALUE list.
+        ValidationError: what the API would refuse.
+    """
+    group: dict[str, str] = {}
+    for item in form["group"].replace(",", " ").split():
+        tag, sep, value = item.partition("=")
+        if not sep or not tag:
+            raise ValueError(f"group {item!r}: use TAG=VALUE")
+        group[tag] = value
+    return RolloutCreate.model_validate({
+        "app": form["app"], "version": form["version"], "channel": form["channel"],
+        "stages": [float(p) for p in form["stages"].split(",") if p.strip()],
+        "soak_seconds": int(form["soak_seconds"] or 0),
+        "min_reports": int(form["min_reports"] or 0),
+        "max_failure_rate": float(form["max_failure_percent"] or 0) / 100, "group": group})
+
+
+@router.post("/rollouts/new", response_class=HTMLResponse)
+def start_or_dry_run(request: Request, session: SessionDep, fleet: FleetDep,
+                     user: ViewerFormDep, app: Text, version: Text, channel: Text,
+                     stages: Text, soak_seconds: Text, min_reports: Text,
+                     max_failure_percent: Text, group: Annotated[str, Form()] = "",
+                     intent: Annotated[Literal["dry-run", "start"], Form()] = "dry-run"
+                     ) -> Response:
+    """Dry run (any role: it changes nothing), or start (publisher)."""
+    form = {"app": app, "version": version, "channel": channel, "stages": stages,
+            "soak_seconds": soak_seconds, "min_reports": min_reports,
+            "max_failure_percent": max_failure_percent, "group": group}
+    try:
+        spec = _rollout_spec(form)
+    except (ValueError, ValidationError) as e:
+        return _new_rollout_page(request, session, user, form, 422, error=_first_error(e))
+    try:
+        if intent == "start":
+            if not user.can(Role.PUBLISHER):
+                raise PageError(403, f"Starting a rollout needs the publisher role; you are "
+                                     f"signed in as {user.name} ({user.role}).")
+            row = start_rollout(session, spec=spec, actor=user.operator.actor)
+            fleet.changed()
+            return _back(f"/rollouts/{row.id}", "start")
+        result = dry_run_rollout(session, spec=spec)
+    except ServerAPIError as e:
+        return _new_rollout_page(request, session, user, form, e.status_code or 422,
+                                 error=str(e))
+    return _new_rollout_page(request, session, user, form, dry_run=result, spec=spec)
+
+
+def _first_error(error: ValueError | ValidationError) -> str:
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return str(error)
+
+
+@router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)
+def rollout(request: Request, rollout_id: int, session: SessionDep, user: PageUserDep
+            ) -> Response:
+    """Stages with their device counts, failures and their reasons, the controls."""
+    row = session.get(Rollout, rollout_id)
+    if row is None:
+        raise _no_rollout()
+    report = report_rollout(session, row)
+    scope = [cohort_of(d, report.plan.salt) for d in _crud.rollout_scope(
+        session, plan=report.plan, platforms=report.platforms)]
+    failures = recent_events(session, since=row.created_at - timedelta(seconds=1),
+                             types=FAILURE_TYPES, rollout_id=rollout_id)
+    devices, device_count = explain_rollout(session, row, limit=100, offset=0)
+    install, _ = time_to_update_report(session, now=utcnow(), hours=24 * 90,
+                                       rollout_id=rollout_id)
+    return render(request, "rollout.html", user=user, active="rollouts", row=row,
+                  report=report, stages=rollout_stage_rows(report.plan, scope, report.results),
+                  failures=list(reversed(failures))[:50],
+                  reasons=top_failure_reasons(failures), devices=devices,
+                  device_count=device_count, install=install)
+
+
+@router.post("/rollouts/{rollout_id}/{action}")
+def control_rollout(rollout_id: int, action: Literal["pause", "resume", "advance", "abort"],
+                    session: SessionDep, fleet: FleetDep, user: PublisherFormDep,
+                    rollback: Annotated[str, Form()] = "",
+                    reason: Annotated[str, Form(max_length=2000)] = "") -> Response:
+    if session.get(Rollout, rollout_id) is None:
+        raise _no_rollout()
+    abort = RolloutAbort(rollback=rollback == "on", reason=reason) if action == "abort" else None
+    change_rollout(session, rollout_id=rollout_id, action=action, actor=user.operator.actor,
+                   abort=abort)
+    fleet.changed()
+    return _back(f"/rollouts/{rollout_id}", action)
+
+
+# -- releases and devices ---------------------------------------------------------------
+
+
+@router.get("/releases", response_class=HTMLResponse)
+def releases(request: Request, session: SessionDep, fleet: FleetDep, user: PageUserDep,
+             app: str | None = None) -> Response:
+    rows = _crud.list_releases(session, app=app or None)
+    notes: dict[str, tuple[str, str]] = {}
+    try:  # notes and yank reasons are in the signed metadata, not in the database
+        _, stored = fleet.store.current_releases()
+        notes = {s.target_path: (s.facts.notes, s.facts.yank_reason) for s in stored}
+    except FleetupError:
+        pass
+    return render(request, "releases.html", user=user, active="releases", rows=rows,
+                  notes=notes, app=app or "")
+
+
+@router.get("/devices", response_class=HTMLResponse)
+def devices(request: Request, session: SessionDep, user: PageUserDep,
+            q: str = "", app: str = "", channel: str = "", version: str = "",
+            state: str = "", tag: str = "",
+            seen_hours: Annotated[float | None, Query(ge=0)] = None,
+            unseen_hours: Annotated[float | None, Query(ge=0)] = None,
+            page: Annotated[int, Query(ge=1)] = 1) -> Response:
+    """Search and filter the inventory."""
+    tags = dict(t.partition("=")[::2] for t in tag.replace(",", " ").split() if "=" in t)
+    rows, count = _crud.search_devices(
+        session, search=q or None, app=app or None, channel=channel or None,
+        version=version or None, state=state or None, tags=tags,
+        seen_within=timedelta(hours=seen_hours) if seen_hours is not None else None,
+        unseen_for=timedelta(hours=unseen_hours) if unseen_hours is not None else None,
+        limit=_PAGE, offset=(page - 1) * _PAGE)
+    filters = {"q": q, "app": app, "channel": channel, "version": version, "state": state,
+               "tag": tag, "seen_hours": "" if seen_hours is None else f"{seen_hours:g}",
+               "unseen_hours": "" if unseen_hours is None else f"{unseen_hours:g}"}
+    return render(request, "devices.html", user=user, active="devices", rows=rows,
+                  count=count, page=page, pages=max(1, -(-count // _PAGE)), filters=filters,
+                  query=urlencode({k: v for k, v in filters.items() if v}),
+                  versions=version_distribution(version_counts(session)),
+                  channels=_crud.list_channels(session), states=_DEVICE_STATES)
+
+
+@router.get("/devices/{device_id}", response_class=HTMLResponse)
+def device(request: Request, device_id: str, session: SessionDep, user: PageUserDep,
+           page: Annotated[int, Query(ge=1)] = 1) -> Response:
+    """One device and its history: every event it reported, newest first."""
+    row = session.get(Device, device_id)
+    if row is None:
+        raise PageError(404, "There is no such device.")
+    events, count = _crud.device_events(session, device_id=device_id, limit=_PAGE,
+                                        offset=(page - 1) * _PAGE)
+    return render(request, "device.html", user=user, active="devices", row=row,
+                  events=events, count=count, page=page, pages=max(1, -(-count // _PAGE)))
+
+
+# -- alerts and audit -------------------------------------------------------------------
+
+
+@router.get("/alerts", response_class=HTMLResponse)
+def alerts(request: Request, session: SessionDep, user: PageUserDep,
+           state: Literal["open", "acknowledged", "all"] = "open",
+           page: Annotated[int, Query(ge=1)] = 1) -> Response:
+    rows, count = _alerts.list_alerts(session, state=state, limit=_PAGE,
+                                      offset=(page - 1) * _PAGE)
+    return render(request, "alerts.html", user=user, active="alerts", rows=rows,
+                  count=count, state=state, page=page, pages=max(1, -(-count // _PAGE)),
+                  deliveries=_alerts.deliveries_of(session, alert_ids=[r.id for r in rows]),
+                  rules=_alerts.list_rules(session))
+
+
+@router.post("/alerts/{alert_id}/ack")
+def acknowledge(alert_id: int, session: SessionDep, user: PublisherFormDep) -> Response:
+    if session.get(Alert, alert_id) is None:
+        raise PageError(404, "There is no such alert.")
+    _alerts.acknowledge_alert(session, alert_id=alert_id, actor=user.operator.actor)
+    return _back("/alerts", "ack")
+
+
+@router.post("/alerts/rules")
+def create_rule(session: SessionDep, user: AdminFormDep, name: Text,
+                kind: Annotated[Literal["failure_rate", "stuck_devices", "rollback",
+                                        "integrity_failure"], Form()],
+                threshold: Annotated[float, Form(ge=0)] = 0.0,
+                min_count: Annotated[int, Form(ge=1)] = 1, app: Annotated[str, Form()] = "",
+                webhook_url: Annotated[str, Form()] = "",
+                webhook_secret: Annotated[str, Form()] = "") -> Response:
+    """A rule from the form (a failure-rate threshold is entered in percent)."""
+    try:
+        spec = AlertRuleCreate(
+            name=name, kind=kind,
+            threshold=threshold / 100 if kind == "failure_rate" else threshold,
+            min_count=min_count, app=app or None, webhook_url=webhook_url or None,
+            webhook_secret=webhook_secret)
+    except ValidationError as e:
+        raise PageError(422, f"The rule is invalid: {_first_error(e)}") from e
+    _alerts.create_rule(session, spec=spec, actor=user.operator.actor)
+    return _back("/alerts", "rule-created")
+
+
+@router.post("/alerts/rules/{rule_id}/{action}")
+def change_rule(rule_id: int, action: Literal["enable", "disable", "delete"],
+                session: SessionDep, user: AdminFormDep) -> Response:
+    if action == "delete":
+        _alerts.delete_rule(session, rule_id=rule_id, actor=user.operator.actor)
+        return _back("/alerts", "rule-deleted")
+    _alerts.update_rule(session, rule_id=rule_id, actor=user.operator.actor,
+                        spec=AlertRuleUpdate(enabled=action == "enable"))
+    return _back("/alerts", "rule-updated")
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit(request: Request, session: SessionDep, user: PageUserDep,
+          page: Annotated[int, Query(ge=1)] = 1) -> Response:
+    """Who changed what, when; open to every operator here (read-only)."""
+    rows, count = _crud.list_audit(session, limit=_PAGE, offset=(page - 1) * _PAGE)
+    return render(request, "audit.html", user=user, active="audit", rows=rows, count=count,
+                  page=page, pages=max(1, -(-count // _PAGE)))

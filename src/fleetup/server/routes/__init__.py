@@ -1,0 +1,24 @@
+"""The REST API under ``/api/v1``: one module per resource, each route a few lines."""
+
+from fastapi import APIRouter
+
+from fleetup.server._schemas import ErrorResponse
+from fleetup.server.routes import (
+    alerts,
+    analytics,
+    audit,
+    channels,
+    devices,
+    releases,
+    rollouts,
+    tokens,
+)
+
+__all__ = ["api_router"]
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 503)}
+
+api_router = APIRouter(responses=_ERRORS)
+for module in (devices, releases, rollouts, channels, tokens, audit, analytics, alerts):
+    api_router.include_router(module.router)

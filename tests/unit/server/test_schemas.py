@@ -1,0 +1,47 @@
+"""The wire model refuses malformed input (a 422 at the API) and ignores unknown fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from fleetup.server._schemas import CheckinRequest, EventsRequest, RolloutCreate
+
+GOOD = {"device_id": "abc", "app": "hello", "platform": "linux-x86_64", "version": "1.0"}
+
+
+def test_checkin_defaults_and_unknown_fields() -> None:
+    request = CheckinRequest.model_validate({**GOOD, "future_field": 1})
+    assert request.channel == "stable"
+    assert request.kept == []
+
+
+@pytest.mark.parametrize("change", [
+    {"device_id": ""}, {"device_id": "../etc"}, {"device_id": "x" * 200},
+    {"version": "not a version"}, {"app": ""}, {"tags": {"k": 1}}, {"tags": "x"},
+    {"kept": ["1.0"] * 101}, {"failed": "1.0"}, {"platform": None},
+])
+def test_checkin_refuses(change: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        CheckinRequest.model_validate({**GOOD, **change})
+
+
+@pytest.mark.parametrize("event", [
+    {"id": "a", "type": "nope", "at": "2026-01-01T00:00:00Z"},
+    {"id": "", "type": "check", "at": "2026-01-01T00:00:00Z"},
+    {"id": "a", "type": "check", "at": "yesterday"},
+    {"id": "a", "type": "check", "at": "2026-01-01T00:00:00Z", "rollout_id": 0},
+])
+def test_events_refuse(event: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        EventsRequest.model_validate({"events": [event]})
+
+
+def test_rollout_create_bounds() -> None:
+    assert RolloutCreate(app="hello", version="1.1").stages == [1.0, 10.0, 50.0, 100.0]
+    for bad in ({"max_failure_rate": 2}, {"stages": [0]}, {"soak_seconds": -1},
+                {"bogus": 1}):
+        with pytest.raises(ValidationError):
+            RolloutCreate.model_validate({"app": "hello", "version": "1.1", **bad})
