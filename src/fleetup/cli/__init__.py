@@ -21,6 +21,12 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
+# Optional packages, by the extra that installs them (a device installs none of these).
+_EXTRAS = {name: "server" for name in (
+    "fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "psycopg", "jinja2",
+    "prometheus_client", "pydantic", "pydantic_settings", "multipart")}
+_EXTRAS["hdiffpatch"] = "hdiff"
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns (and, as a console script, exits with) the exit code."""
@@ -46,13 +52,26 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_ERROR
-    except Exception as e:  # noqa: BLE001 - the one boundary that must catch everything
+    except ModuleNotFoundError as e:
+        extra = _EXTRAS.get((e.name or "").partition(".")[0])
+        if extra is None:
+            return _internal_error(e, debug)
         if debug:
             traceback.print_exc()
-        click.echo(f"internal error: {type(e).__name__}: {e} "
-                   "(run with --debug for the traceback, and please report it)", err=True)
+        click.echo(f"error: this command needs {e.name}: pip install 'fleetup[{extra}]'",
+                   err=True)
         return EXIT_ERROR
+    except Exception as e:  # noqa: BLE001 - the one boundary that must catch everything
+        return _internal_error(e, debug)
     return result if isinstance(result, int) else 0
+
+
+def _internal_error(error: Exception, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    click.echo(f"internal error: {type(error).__name__}: {error} "
+               "(run with --debug for the traceback, and please report it)", err=True)
+    return EXIT_ERROR
 
 
 def console_main() -> None:  # pragma: no cover - the installed entry point

@@ -208,3 +208,22 @@ def test_another_agent_holding_the_lock(agent: Run, device: Path) -> None:
         ran = agent("rollback", "--to", "1.0")
     assert ran.code == 1
     assert "another fleetup agent is working on" in ran.err
+
+
+def test_a_missing_optional_package_names_the_extra_to_install(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import builtins
+
+    from fleetup.cli import main
+
+    real_import = builtins.__import__
+
+    def no_uvicorn(name: str, *args: object, **kwargs: object) -> object:
+        if name == "uvicorn":
+            raise ModuleNotFoundError("No module named 'uvicorn'", name="uvicorn")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", no_uvicorn)
+    assert main(["server", "--data", "/nonexistent-fleetup-data"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "error: this command needs uvicorn: pip install 'fleetup[server]'"
