@@ -117,18 +117,34 @@ def test_sixty_agents_through_a_staged_rollout_and_a_broken_release(world: World
     _until(world, lambda: set(world.versions()) == {"1.0.0"})
     assert world.rollout_state(first)["state"] == "completed"
 
-    # A good release in three stages: the fleet grows through the stages, in order.
+    # A good release in three stages (each soaking longer than a round of check-ins):
+    # the fleet grows through the stages, lowest cohorts first.
     world.publish_and_push("1.1.0")
-    good = world.rollout("1.1.0", "10,50,100")
+    good = world.rollout("1.1.0", "10,50,100", soak=5)
     counts: list[int] = []
+    installed_in: dict[str, int] = {}
 
     def all_on_good() -> bool:
-        counts.append(world.versions().count("1.1.0"))
+        for agent in world.agents:
+            if agent.store.installed_version() == "1.1.0":
+                installed_in.setdefault(str(agent.config.device_id), len(counts))
+        counts.append(len(installed_in))
         return counts[-1] == DEVICES and world.rollout_state(good)["state"] == "completed"
 
-    _until(world, all_on_good)
+    _until(world, all_on_good, rounds=80)
     assert counts == sorted(counts), "devices left the release as stages grew"
-    assert any(0 < c <= DEVICES * 0.3 for c in counts), f"no small first stage: {counts}"
+    first_round = [d for d, n in installed_in.items() if n == 0]
+    assert first_round, "nobody installed in the first stage"
+    assert all(cohort_of(d, str(good)) < 50 for d in first_round), first_round
+    # No device of a later stage got the release before every device of an earlier one
+    # had it (within a stage the order depends on when in a round the stage began).
+    stage_of = {d: sum(cohort_of(d, str(good)) >= edge for edge in (10, 50))
+                for d in installed_in}
+    for stage in (0, 1):
+        earlier = [installed_in[d] for d, s in stage_of.items() if s == stage]
+        later = [installed_in[d] for d, s in stage_of.items() if s == stage + 1]
+        if earlier and later:
+            assert max(earlier) <= min(later), (stage, earlier, later)
     assert all(current_digest(a.store.layout.root) == world.digests["1.1.0"]
                for a in world.agents)
 

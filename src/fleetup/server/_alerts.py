@@ -82,6 +82,7 @@ from fleetup.server._analytics import (
     stuck_devices,
     stuck_inputs,
 )
+from fleetup.server._background import every, when_woken
 from fleetup.server._models import Alert, AlertDelivery, AlertRule, Rollout, utcnow
 from fleetup.server._rollouts import Outcome, RolloutState, outcomes
 from fleetup.server._schemas import AlertRuleCreate, AlertRuleUpdate
@@ -630,8 +631,11 @@ class AlertService:
         self._client = httpx.AsyncClient(
             transport=self._transport, timeout=self.settings.webhook_timeout_seconds,
             follow_redirects=False, headers={"User-Agent": f"fleetup/{__version__}"})
-        self._tasks = [asyncio.create_task(self._evaluate_loop()),
-                       asyncio.create_task(self._deliver_loop())]
+        self._tasks = [
+            asyncio.create_task(every(self.settings.alert_tick_seconds, self._evaluate_round,
+                                      "alert evaluation")),
+            asyncio.create_task(when_woken(self._wake, self.settings.webhook_poll_seconds,
+                                           self.deliver_due, "webhook delivery"))]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -642,30 +646,9 @@ class AlertService:
         if self._client is not None:
             await self._client.aclose()
 
-    async def _evaluate_loop(self) -> None:
-        seconds = self.settings.alert_tick_seconds
-        await asyncio.sleep(seconds * random.uniform(0.1, 1.0))
-        while True:
-            try:
-                if await asyncio.to_thread(self.evaluate):
-                    self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("alert evaluation failed; trying again later")
-            await asyncio.sleep(seconds)
-
-    async def _deliver_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.webhook_poll_seconds)
-            self._wake.clear()
-            try:
-                await self.deliver_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("webhook delivery failed; trying again later")
+    async def _evaluate_round(self) -> None:
+        if await asyncio.to_thread(self.evaluate):
+            self._wake.set()  # new alerts: deliver them now, not at the next poll
 
     def evaluate(self) -> int:
         """One evaluation round, if this process holds the lease; returns how many new

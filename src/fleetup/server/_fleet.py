@@ -35,7 +35,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,6 +47,7 @@ from fleetup._cohort import cohort_of
 from fleetup.errors import FleetupError, ServerAPIError
 from fleetup.server import _crud
 from fleetup.server._auth import TokenKind, hash_token
+from fleetup.server._background import every, when_woken
 from fleetup.server._models import Device, utcnow
 from fleetup.server._rollouts import (
     Decision,
@@ -87,6 +88,10 @@ class DeviceEntry:
     # What the database holds for app, platform, channel and tags (None: unknown), so
     # a check-in writes them only when they change.
     profile: tuple[str, str, str, frozenset[tuple[str, str]]] | None = None
+    # The state last queued for writing, and when (monotonic): an unchanged check-in
+    # is written only once per ``last_seen_resolution``.
+    state: str | None = None
+    queued_at: float = float("-inf")
 
     @classmethod
     def of(cls, row: Device) -> DeviceEntry:
@@ -172,7 +177,8 @@ class Fleet:
         if request.device_id != device.id:
             raise ServerAPIError("the device id does not match the device token",
                                  "device_mismatch", 403)
-        if request.version != device.version:
+        moved = request.version != device.version
+        if moved:
             if device.version is not None:
                 device.previous_version = device.version
             device.version = request.version
@@ -180,6 +186,19 @@ class Fleet:
                    frozenset(request.tags.items()))
         changed = profile != device.profile
         device.profile = profile
+        now = time.monotonic()
+        quiet = not (moved or changed or request.state != device.state)
+        if not quiet or now - device.queued_at >= self.settings.last_seen_resolution:
+            self._queue(device, request, changed, now)
+        view = DeviceView(device.id, request.app, request.platform, request.channel,
+                          request.version, request.tags, frozenset(request.failed),
+                          device.previous_version)
+        return self._response(decide(view, self.offers.get(request.app, ())))
+
+    def _queue(self, device: DeviceEntry, request: CheckinRequest, changed: bool,
+               now: float) -> None:
+        """Buffer the device's report for the next batched write."""
+        device.state, device.queued_at = request.state, now
         previous = self.pending.get(device.id)
         self.pending[device.id] = {
             "id": device.id, "app": request.app, "platform": request.platform,
@@ -187,10 +206,6 @@ class Fleet:
             "version": request.version, "previous_version": device.previous_version,
             "state": request.state, "last_seen": self.clock(),
             "profile_changed": changed or bool(previous and previous["profile_changed"])}
-        view = DeviceView(device.id, request.app, request.platform, request.channel,
-                          request.version, request.tags, frozenset(request.failed),
-                          device.previous_version)
-        return self._response(decide(view, self.offers.get(request.app, ())))
 
     def _response(self, decision: Decision) -> CheckinResponse:
         settings = self.settings
@@ -241,10 +256,11 @@ class Fleet:
         await self.refresh()
         s = self.settings
         self._tasks = [
-            asyncio.create_task(self._every(s.flush_seconds, self.flush, "flush")),
-            asyncio.create_task(self._refresh_loop()),
-            asyncio.create_task(self._every(s.rollout_tick_seconds, self.evaluate, "rollouts")),
-            asyncio.create_task(self._every(s.resign_check_seconds, self.resign, "re-sign")),
+            asyncio.create_task(every(s.flush_seconds, self.flush, "flush")),
+            asyncio.create_task(when_woken(self._refresh_now, s.cache_seconds, self.refresh,
+                                           "refresh")),
+            asyncio.create_task(every(s.rollout_tick_seconds, self.evaluate, "rollouts")),
+            asyncio.create_task(every(s.resign_check_seconds, self.resign, "re-sign")),
         ]
 
     async def stop(self) -> None:
@@ -254,29 +270,6 @@ class Fleet:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.flush()
-
-    async def _every(self, seconds: float, job: Callable[[], Awaitable[None]],
-                     name: str) -> None:
-        await asyncio.sleep(seconds * random.uniform(0.1, 1.0))
-        while True:
-            await self._guarded(job, name)
-            await asyncio.sleep(seconds)
-
-    async def _refresh_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._refresh_now.wait(), self.settings.cache_seconds)
-            self._refresh_now.clear()
-            await self._guarded(self.refresh, "refresh")
-
-    @staticmethod
-    async def _guarded(job: Callable[[], Awaitable[None]], name: str) -> None:
-        try:
-            await job()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("background task %s failed; trying again later", name)
 
     async def flush(self) -> None:
         """Write the buffered check-in reports in one batch (kept for later on error)."""

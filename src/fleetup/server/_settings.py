@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # Background work: how often buffered device updates are written, caches are
     # reloaded, rollouts are evaluated, and repository expiry is checked.
     flush_seconds: float = Field(default=1.0, gt=0)
+    # A check-in that changes nothing (version, state, channel, tags) updates the
+    # inventory's "last seen" at most this often per device: no write per poll.
+    last_seen_resolution: float = Field(default=30.0, ge=0)
     cache_seconds: float = Field(default=2.0, gt=0)
     rollout_tick_seconds: float = Field(default=5.0, gt=0)
     resign_check_seconds: float = Field(default=300.0, gt=0)
