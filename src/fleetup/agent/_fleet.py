@@ -126,7 +126,7 @@ class FleetClient:
             response = self.http.post(path, json=body, headers=headers)
         except httpx.HTTPError as e:
             raise NetworkError(f"fleet server {self.config.server_url} unreachable: "
-                               f"{type(e).__name__}") from e
+                               f"{str(e) or type(e).__name__}") from e
         if response.status_code in (429, 503):
             self.retry_after = _retry_after(response)
             error = HTTPStatusError(f"fleet server busy (HTTP {response.status_code}); "
