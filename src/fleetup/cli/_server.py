@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -46,9 +49,30 @@ def server(db_url: str | None, data_dir: Path, host: str, port: int, workers: in
     say(f"fleet server on http://{host}:{sock.getsockname()[1]} (data {settings.data_dir}, "
         f"{backend}, {workers} worker{'s' if workers > 1 else ''})")
     if workers > 1:
-        Multiprocess(config, sockets=[sock]).run()
+        with _shared_metrics():
+            Multiprocess(config, sockets=[sock]).run()
     else:
         uvicorn.Server(config).run(sockets=[sock])
+
+
+@contextlib.contextmanager
+def _shared_metrics() -> Iterator[None]:
+    """Let every worker's counters reach every ``/metrics`` scrape.
+
+    prometheus-client's multiprocess mode keeps each process's values in files under
+    ``PROMETHEUS_MULTIPROC_DIR``, which must be empty when the server starts. Unless the
+    operator chose a directory, a fresh temporary one is made for this run, inherited by
+    the workers (spawned after this), and removed when the server stops.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="fleetup-metrics-") as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        try:
+            yield
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -14,11 +14,12 @@ dashboard. Two kinds of figures:
   every process): ``fleetup_rollouts{state}``, ``fleetup_alerts_open`` and
   ``fleetup_webhook_deliveries{state}``.
 
-Several worker processes (``fleetup server --workers N``): each process counts its own
-requests, and a scrape reaches whichever worker accepts it. To aggregate, start the
-server with ``PROMETHEUS_MULTIPROC_DIR`` set to an empty directory (cleared before each
-start, as prometheus-client requires): the counters then live in files there and every
-scrape sums all workers. Without it, scrape each worker, or run one worker per port.
+Several worker processes (``fleetup server --workers N``) count in prometheus-client's
+multiprocess mode: each worker's values live in files under ``PROMETHEUS_MULTIPROC_DIR``
+and every scrape, whichever worker answers it, sums them all. ``fleetup server`` makes
+that directory (a fresh temporary one) when it starts more than one worker, unless the
+operator set the variable, in which case the directory must be empty at each start, as
+prometheus-client requires.
 Each app has its own registry, so several apps in one process (tests) do not collide.
 """
 

@@ -11,6 +11,7 @@ device 9 says nothing. So: 10 updates, 6 succeeded, 4 failed, 1 rolled back.
 from __future__ import annotations
 
 import json
+import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -216,3 +217,29 @@ def test_metrics_count_checkins_events_and_rollout_states(shared_fleet: Fleet) -
     assert lines['fleetup_http_request_duration_seconds_count{method="POST",route='
                  '"/api/v1/devices/checkin",status="200"}'] >= 3
     assert any('route="/api/v1/devices/events"' in key for key in lines)
+
+
+def test_every_scrape_sums_all_workers(tmp_path: Path) -> None:
+    """Two worker processes answer in turn; each scrape must count every check-in."""
+    before = set(Path(tempfile.gettempdir()).glob("fleetup-metrics-*"))
+    fleet = build_fleet(tmp_path, f"sqlite:///{tmp_path / 'fleet.db'}", workers=2)
+    try:
+        device = fleet.device(version="1.0")
+        for _ in range(40):  # on fresh connections: the kernel spreads them over workers
+            device.checkin()
+        key = ('fleetup_http_request_duration_seconds_count{method="POST",'
+               'route="/api/v1/devices/checkin",status="200"}')
+        counts = []
+        for _ in range(6):
+            with fleet.server.client() as anyone:
+                text = anyone.get("/metrics").text
+            counts.append(_samples(text)[key])
+        assert counts == [40.0] * 6
+    finally:
+        fleet.server.stop()
+    assert set(Path(tempfile.gettempdir()).glob("fleetup-metrics-*")) <= before  # removed
+
+
+def _samples(text: str) -> dict[str, float]:
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
