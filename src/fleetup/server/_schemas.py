@@ -14,7 +14,14 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from packaging.version import InvalidVersion, Version
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from fleetup.server._auth import Role
 
@@ -104,7 +111,31 @@ Tags = Annotated[dict[TagKey, TagValue], Field(max_length=50)]
 Label = Annotated[str, StringConstraints(max_length=100)]
 
 
-class _In(BaseModel):
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+class _NoNul(BaseModel):
+    """Input whose text may hold no NUL character: PostgreSQL's text and JSON cannot store
+    one, so it is refused here, on every database alike (a 422, never a 500)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        if _has_nul(data):
+            raise ValueError("text may not hold a NUL character")
+        return data
+
+
+class _In(_NoNul):
+    """A device's message."""
+
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
@@ -241,7 +272,7 @@ class ChannelBase(BaseModel):
     description: ShortText = ""
 
 
-class ChannelCreate(ChannelBase):
+class ChannelCreate(ChannelBase, _NoNul):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -305,11 +336,11 @@ class RolloutBase(BaseModel):
     group: Tags = Field(default_factory=dict)
 
 
-class RolloutCreate(RolloutBase):
+class RolloutCreate(RolloutBase, _NoNul):
     model_config = ConfigDict(extra="forbid")
 
 
-class RolloutAbort(BaseModel):
+class RolloutAbort(_NoNul):
     model_config = ConfigDict(extra="forbid")
 
     rollback: bool = False
@@ -369,7 +400,7 @@ class TokenBase(BaseModel):
     role: Role
 
 
-class TokenCreate(TokenBase):
+class TokenCreate(TokenBase, _NoNul):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -391,11 +422,11 @@ class TokensPublic(BaseModel):
     count: int
 
 
-class EnrollmentTokenCreate(BaseModel):
+class EnrollmentTokenCreate(_NoNul):
     model_config = ConfigDict(extra="forbid")
 
     name: Label = ""
-    max_uses: Annotated[int, Field(ge=1)] | None = None
+    max_uses: Annotated[int, Field(ge=1, lt=2**31)] | None = None
     expires_at: datetime | None = None
 
 
@@ -582,14 +613,14 @@ class AlertRuleBase(BaseModel):
     enabled: bool = True
 
 
-class AlertRuleCreate(AlertRuleBase):
+class AlertRuleCreate(AlertRuleBase, _NoNul):
     model_config = ConfigDict(extra="forbid")
 
     webhook_secret: Secret = Field(default="", description=(
         "Signs each POST: X-Fleetup-Signature: sha256=<HMAC-SHA256 of the body>."))
 
 
-class AlertRuleUpdate(BaseModel):
+class AlertRuleUpdate(_NoNul):
     model_config = ConfigDict(extra="forbid")
 
     name: RuleName | None = None

@@ -152,6 +152,10 @@ def test_admin_signs_in_sees_charts_and_pauses_a_rollout(page: Page,
     assert response is not None
     assert response.status == 404
     assert page.inner_text("#error-message") == "There is no such rollout."
+    for junk in (f"/rollouts/{2**64}", "/devices?version=%00"):  # past any id, a NUL
+        response = page.goto(f"{fleet.server.url}{junk}")
+        assert response is not None
+        assert response.status == 422, junk
     page.goto(f"{fleet.server.url}/")
     page.click("#sign-out")
     page.wait_for_url(re.compile(r".*/login.*"))

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
@@ -64,10 +64,11 @@ from fleetup.server.dashboard._session import (
     open_session,
 )
 from fleetup.server.deps import FleetDep, SessionDep
+from fleetup.server.routes._params import RowId, no_nul_in_url
 
 __all__ = ["router"]
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(no_nul_in_url)])
 
 _PAGE = 50
 # What agents report as their state (the update lifecycle's persisted names).
@@ -254,7 +255,7 @@ def _first_error(error: ValueError | ValidationError) -> str:
 
 
 @router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)
-def rollout(request: Request, rollout_id: int, session: SessionDep, user: PageUserDep
+def rollout(request: Request, rollout_id: RowId, session: SessionDep, user: PageUserDep
             ) -> Response:
     """Stages with their device counts, failures and their reasons, the controls."""
     row = session.get(Rollout, rollout_id)
@@ -276,7 +277,7 @@ def rollout(request: Request, rollout_id: int, session: SessionDep, user: PageUs
 
 
 @router.post("/rollouts/{rollout_id}/{action}")
-def control_rollout(rollout_id: int, action: Literal["pause", "resume", "advance", "abort"],
+def control_rollout(rollout_id: RowId, action: Literal["pause", "resume", "advance", "abort"],
                     session: SessionDep, fleet: FleetDep, user: PublisherFormDep,
                     rollback: Annotated[str, Form()] = "",
                     reason: Annotated[str, Form(max_length=2000)] = "") -> Response:
@@ -360,7 +361,7 @@ def alerts(request: Request, session: SessionDep, user: PageUserDep,
 
 
 @router.post("/alerts/{alert_id}/ack")
-def acknowledge(alert_id: int, session: SessionDep, user: PublisherFormDep) -> Response:
+def acknowledge(alert_id: RowId, session: SessionDep, user: PublisherFormDep) -> Response:
     if session.get(Alert, alert_id) is None:
         raise PageError(404, "There is no such alert.")
     _alerts.acknowledge_alert(session, alert_id=alert_id, actor=user.operator.actor)
@@ -389,7 +390,7 @@ def create_rule(session: SessionDep, user: AdminFormDep, name: Text,
 
 
 @router.post("/alerts/rules/{rule_id}/{action}")
-def change_rule(rule_id: int, action: Literal["enable", "disable", "delete"],
+def change_rule(rule_id: RowId, action: Literal["enable", "disable", "delete"],
                 session: SessionDep, user: AdminFormDep) -> Response:
     if action == "delete":
         _alerts.delete_rule(session, rule_id=rule_id, actor=user.operator.actor)

@@ -1,6 +1,6 @@
 """The REST API under ``/api/v1``: one module per resource, each route a few lines."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from fleetup.server._schemas import ErrorResponse
 from fleetup.server.routes import (
@@ -13,12 +13,13 @@ from fleetup.server.routes import (
     rollouts,
     tokens,
 )
+from fleetup.server.routes._params import no_nul_in_url
 
 __all__ = ["api_router"]
 
 _ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 503)}
 
-api_router = APIRouter(responses=_ERRORS)
+api_router = APIRouter(responses=_ERRORS, dependencies=[Depends(no_nul_in_url)])
 for module in (devices, releases, rollouts, channels, tokens, audit, analytics, alerts):
     api_router.include_router(module.router)

@@ -21,6 +21,7 @@ from fleetup.server._schemas import (
     AlertsPublic,
 )
 from fleetup.server.deps import AdminDep, PublisherDep, SessionDep, ViewerDep
+from fleetup.server.routes._params import Offset, RowId
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 
@@ -49,7 +50,7 @@ def _get_rule(session: SessionDep, rule_id: int) -> AlertRule:
 def list_alerts(session: SessionDep, _: ViewerDep,
                 state: Literal["open", "acknowledged", "all"] = "all",
                 limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                offset: Annotated[int, Query(ge=0)] = 0) -> AlertsPublic:
+                offset: Offset = 0) -> AlertsPublic:
     """Newest first, each with its webhook deliveries (state, attempts, last error)."""
     rows, count = _alerts.list_alerts(session, state=state, limit=limit, offset=offset)
     deliveries = _alerts.deliveries_of(session, alert_ids=[r.id for r in rows])
@@ -70,12 +71,12 @@ def create_rule(body: AlertRuleCreate, session: SessionDep, operator: AdminDep
 
 
 @router.get("/rules/{rule_id}", response_model=AlertRulePublic)
-def read_rule(rule_id: int, session: SessionDep, _: AdminDep) -> AlertRulePublic:
+def read_rule(rule_id: RowId, session: SessionDep, _: AdminDep) -> AlertRulePublic:
     return _rule(_get_rule(session, rule_id))
 
 
 @router.patch("/rules/{rule_id}", response_model=AlertRulePublic)
-def update_rule(rule_id: int, body: AlertRuleUpdate, session: SessionDep,
+def update_rule(rule_id: RowId, body: AlertRuleUpdate, session: SessionDep,
                 operator: AdminDep) -> AlertRulePublic:
     """Change the fields sent; deliveries already queued keep their URL."""
     return _rule(_alerts.update_rule(session, rule_id=rule_id, spec=body,
@@ -83,13 +84,13 @@ def update_rule(rule_id: int, body: AlertRuleUpdate, session: SessionDep,
 
 
 @router.delete("/rules/{rule_id}", response_model=AlertRulePublic)
-def delete_rule(rule_id: int, session: SessionDep, operator: AdminDep) -> AlertRulePublic:
+def delete_rule(rule_id: RowId, session: SessionDep, operator: AdminDep) -> AlertRulePublic:
     """Its alerts stay; their webhooks not yet delivered are cancelled."""
     return _rule(_alerts.delete_rule(session, rule_id=rule_id, actor=operator.actor))
 
 
 @router.get("/{alert_id}", response_model=AlertPublic)
-def read_alert(alert_id: int, session: SessionDep, _: ViewerDep) -> AlertPublic:
+def read_alert(alert_id: RowId, session: SessionDep, _: ViewerDep) -> AlertPublic:
     row = session.get(Alert, alert_id)
     if row is None:
         raise ServerAPIError("no such alert", "not_found", 404)
@@ -97,7 +98,7 @@ def read_alert(alert_id: int, session: SessionDep, _: ViewerDep) -> AlertPublic:
 
 
 @router.post("/{alert_id}/ack", response_model=AlertPublic)
-def acknowledge(alert_id: int, session: SessionDep, operator: PublisherDep) -> AlertPublic:
+def acknowledge(alert_id: RowId, session: SessionDep, operator: PublisherDep) -> AlertPublic:
     """Mark the alert seen (it leaves the open alerts; acknowledging twice is harmless)."""
     row = _alerts.acknowledge_alert(session, alert_id=alert_id, actor=operator.actor)
     return _alert(row, _alerts.deliveries_of(session, alert_ids=[alert_id])[alert_id])

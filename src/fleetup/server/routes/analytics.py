@@ -31,6 +31,7 @@ from fleetup.server._schemas import (
     VersionsPublic,
 )
 from fleetup.server.deps import SessionDep, ViewerDep
+from fleetup.server.routes._params import IdFilter
 
 router = APIRouter(prefix="/analytics", tags=["analytics"])
 
@@ -73,7 +74,7 @@ def versions(session: SessionDep, _: ViewerDep, app: App = None) -> VersionsPubl
 
 @router.get("/time-to-update", response_model=TimeToUpdatePublic)
 def time_to_update(session: SessionDep, _: ViewerDep, app: App = None,
-                   rollout_id: int | None = None, hours: Hours = 24 * 7
+                   rollout_id: IdFilter = None, hours: Hours = 24 * 7
                    ) -> TimeToUpdatePublic:
     """Nearest-rank percentiles, in seconds, of the updates committed in the window:
     ``install_seconds`` from download start to commit on each device, and
@@ -100,7 +101,7 @@ def stuck(session: SessionDep, _: ViewerDep, app: App = None,
 
 @router.get("/failure-reasons", response_model=FailureReasonsPublic)
 def failure_reasons(session: SessionDep, _: ViewerDep, app: App = None,
-                    rollout_id: int | None = None, hours: Hours = 24 * 7,
+                    rollout_id: IdFilter = None, hours: Hours = 24 * 7,
                     limit: Annotated[int, Query(ge=1, le=100)] = 10) -> FailureReasonsPublic:
     """The most frequent reasons given by failure events in the window."""
     rows = failure_reasons_report(session, now=utcnow(), hours=hours, app=app,

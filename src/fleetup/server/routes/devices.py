@@ -26,11 +26,11 @@ from fleetup.server._schemas import (
     GroupsPublic,
 )
 from fleetup.server.deps import DeviceDep, FleetDep, MetricsDep, SessionDep, ViewerDep
+from fleetup.server.routes._params import Offset
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
 Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0)]
 
 
 @router.post("/enroll", response_model=EnrollResponse, status_code=201)

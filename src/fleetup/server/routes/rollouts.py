@@ -29,6 +29,7 @@ from fleetup.server._schemas import (
     RolloutStats,
 )
 from fleetup.server.deps import FleetDep, PublisherDep, SessionDep, ViewerDep
+from fleetup.server.routes._params import Offset, RowId
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
 
@@ -83,7 +84,7 @@ def dry_run(body: RolloutCreate, session: SessionDep, _: ViewerDep) -> RolloutDr
 
 
 @router.get("/{rollout_id}", response_model=RolloutPublic)
-def read_rollout(rollout_id: int, session: SessionDep, _: ViewerDep) -> RolloutPublic:
+def read_rollout(rollout_id: RowId, session: SessionDep, _: ViewerDep) -> RolloutPublic:
     """The rollout with its current stage's counts and what happens next."""
     row = _get(session, rollout_id)
     report = report_rollout(session, row)
@@ -95,9 +96,9 @@ def read_rollout(rollout_id: int, session: SessionDep, _: ViewerDep) -> RolloutP
 
 
 @router.get("/{rollout_id}/devices", response_model=RolloutDevicesPublic)
-def rollout_devices(rollout_id: int, session: SessionDep, _: ViewerDep,
+def rollout_devices(rollout_id: RowId, session: SessionDep, _: ViewerDep,
                     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
-                    offset: Annotated[int, Query(ge=0)] = 0) -> RolloutDevicesPublic:
+                    offset: Offset = 0) -> RolloutDevicesPublic:
     """Per device of the app: is it getting the release, and why (or why not)."""
     rows, count = explain_rollout(session, _get(session, rollout_id), limit=limit,
                                   offset=offset)
@@ -109,7 +110,7 @@ def rollout_devices(rollout_id: int, session: SessionDep, _: ViewerDep,
 
 
 @router.post("/{rollout_id}/pause", response_model=RolloutPublic)
-def pause(rollout_id: int, session: SessionDep, fleet: FleetDep,
+def pause(rollout_id: RowId, session: SessionDep, fleet: FleetDep,
           operator: PublisherDep) -> RolloutPublic:
     row = change_rollout(session, rollout_id=rollout_id, action="pause", actor=operator.actor)
     fleet.changed()
@@ -117,7 +118,7 @@ def pause(rollout_id: int, session: SessionDep, fleet: FleetDep,
 
 
 @router.post("/{rollout_id}/resume", response_model=RolloutPublic)
-def resume(rollout_id: int, session: SessionDep, fleet: FleetDep,
+def resume(rollout_id: RowId, session: SessionDep, fleet: FleetDep,
            operator: PublisherDep) -> RolloutPublic:
     row = change_rollout(session, rollout_id=rollout_id, action="resume",
                          actor=operator.actor)
@@ -126,7 +127,7 @@ def resume(rollout_id: int, session: SessionDep, fleet: FleetDep,
 
 
 @router.post("/{rollout_id}/advance", response_model=RolloutPublic)
-def advance(rollout_id: int, session: SessionDep, fleet: FleetDep,
+def advance(rollout_id: RowId, session: SessionDep, fleet: FleetDep,
             operator: PublisherDep) -> RolloutPublic:
     """Move an active rollout to its next stage now, without waiting for its soak and
     reports; on its last stage, complete it."""
@@ -137,7 +138,7 @@ def advance(rollout_id: int, session: SessionDep, fleet: FleetDep,
 
 
 @router.post("/{rollout_id}/abort", response_model=RolloutPublic)
-def abort(rollout_id: int, session: SessionDep, fleet: FleetDep, operator: PublisherDep,
+def abort(rollout_id: RowId, session: SessionDep, fleet: FleetDep, operator: PublisherDep,
           body: RolloutAbort | None = None) -> RolloutPublic:
     """Stop the rollout; with ``rollback`` devices that took it go back to what they had."""
     row = change_rollout(session, rollout_id=rollout_id, action="abort", actor=operator.actor,

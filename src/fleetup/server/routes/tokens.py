@@ -17,6 +17,7 @@ from fleetup.server._schemas import (
     TokensPublic,
 )
 from fleetup.server.deps import AdminDep, SessionDep
+from fleetup.server.routes._params import RowId
 
 router = APIRouter(tags=["tokens"])
 
@@ -39,7 +40,7 @@ def create_token(body: TokenCreate, session: SessionDep, operator: AdminDep) -> 
 
 
 @router.delete("/tokens/{token_id}", response_model=TokenPublic)
-def revoke_token(token_id: int, session: SessionDep, operator: AdminDep) -> TokenPublic:
+def revoke_token(token_id: RowId, session: SessionDep, operator: AdminDep) -> TokenPublic:
     row = _crud.revoke_operator_token(session, token_id=token_id)
     if row is None:
         raise ServerAPIError("no such token", "not_found", 404)
