@@ -87,6 +87,12 @@ def build_daemon(config: AgentConfig) -> tuple[Daemon, StatusApi | None]:
         modules = ModuleHost(agent.store.layout.current, hook_timeout=config.modules.hook_timeout,
                              environment=fleetup_env)
     daemon = Daemon(agent, supervisor=supervisor, modules=modules)
+    if config.push.url is not None:  # nats-py loads only when push is on
+        from fleetup._push import import_nats
+        from fleetup.agent._push import PushListener
+
+        import_nats()
+        daemon.push = PushListener(config, daemon.check_in_within)
     api = None
     if config.status_api.enabled:  # its HTTP server code loads only when it is on
         from fleetup.agent._status_api import StatusApi

@@ -44,6 +44,7 @@ __all__ = [
     "ModulesConfig",
     "PolicyConfig",
     "ProcessConfig",
+    "PushConfig",
     "StatusApiConfig",
     "load_config",
 ]
@@ -138,6 +139,15 @@ class StatusApiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PushConfig:
+    """Fleet mode: a NATS server to hear "check now" from (``None``: poll only); the
+    check-in follows after a random delay of up to ``jitter`` seconds."""
+
+    url: str | None = None
+    jitter: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     app: str
     root: Path
@@ -158,6 +168,7 @@ class AgentConfig:
     health: HealthConfig = HealthConfig()
     modules: ModulesConfig = ModulesConfig()
     status_api: StatusApiConfig = StatusApiConfig()
+    push: PushConfig = PushConfig()
     log_json: bool = False
     log_level: str = "INFO"
     source: Path | None = None
@@ -197,7 +208,8 @@ def load_config(path: Path) -> AgentConfig:
 def _parse(raw: Mapping[str, Any], base: Path, source: Path) -> AgentConfig:
     known = {"app", "root", "trusted_root", "repo_url", "channel", "platform", "device_id",
              "keep", "poll_interval", "poll_jitter", "server_url", "enrollment_token", "tags",
-             "policy", "download", "process", "health", "modules", "status_api", "log"}
+             "policy", "download", "process", "health", "modules", "status_api", "push",
+             "log"}
     _no_unknown(raw, known, "")
     app_name = _get(raw, "app", str, required=True)
     repo_url = _opt(raw, "repo_url", str)
@@ -238,6 +250,7 @@ def _parse(raw: Mapping[str, Any], base: Path, source: Path) -> AgentConfig:
         health=_health(_section(raw, "health")),
         modules=_modules(_section(raw, "modules")),
         status_api=_status_api(_section(raw, "status_api")),
+        push=_push(_section(raw, "push"), fleet_mode=server_url is not None),
         log_json=_get(log, "json", bool, False, prefix="log."),
         log_level=log_level,
         source=source,
@@ -316,6 +329,19 @@ def _status_api(raw: Mapping[str, Any]) -> StatusApiConfig:
         raise ConfigError("status_api.port must be a TCP port")
     return StatusApiConfig(enabled=_get(raw, "enabled", bool, False, prefix="status_api."),
                            port=port)
+
+
+def _push(raw: Mapping[str, Any], *, fleet_mode: bool) -> PushConfig:
+    _no_unknown(raw, {"url", "jitter"}, "push.")
+    url = _opt(raw, "url", str, prefix="push.")
+    if url is not None and not fleet_mode:
+        raise ConfigError("push.url needs fleet mode: the fleet server is what pushes")
+    if url is not None and not url.startswith(("nats://", "tls://", "ws://", "wss://")):
+        raise ConfigError(f"push.url must be a NATS URL (nats://HOST:PORT), got {url!r}")
+    jitter = _get(raw, "jitter", float, 10.0, prefix="push.")
+    if jitter < 0:
+        raise ConfigError("push.jitter cannot be negative")
+    return PushConfig(url=url, jitter=jitter)
 
 
 # -- small typed readers ----------------------------------------------------------------

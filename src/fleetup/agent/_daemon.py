@@ -29,6 +29,7 @@ from fleetup.agent._lifecycle import FINISH_BEFORE_STOP
 
 if TYPE_CHECKING:
     from fleetup.agent._modules import ModuleHost
+    from fleetup.agent._push import PushListener
 from fleetup.agent._supervisor import AppSupervisor
 from fleetup.errors import FleetupError
 
@@ -50,11 +51,14 @@ class Daemon:
     """Runs one agent until asked to stop."""
 
     def __init__(self, agent: Agent, *, supervisor: AppSupervisor | None = None,
-                 modules: ModuleHost | None = None,
+                 modules: ModuleHost | None = None, push: PushListener | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.agent = agent
         self.supervisor = supervisor
         self.modules = modules
+        self.push = push
+        self._wake_at: float | None = None  # a pushed "check now", due at this time
+        self._wake_lock = threading.Lock()
         self.clock = clock
         self.requests: queue.Queue[Request] = queue.Queue()
         self.stop = agent.stop
@@ -84,6 +88,8 @@ class Daemon:
                 self._start_app()
             if self.modules is not None and config.modules.enabled:
                 self.modules.load()
+            if self.push is not None:
+                self.push.start()
             next_poll = self.clock()
             next_tick = self.clock() + config.modules.tick_interval
             while not self.stop.is_set():
@@ -91,7 +97,7 @@ class Daemon:
                 if not self._busy():
                     if not self.requests.empty():
                         self._start(self.requests.get())
-                    elif now >= next_poll:
+                    elif self._woken(now) or now >= next_poll:
                         self._start(Request("update"))
                         next_poll = now + self._interval()
                 if self.supervisor is not None:
@@ -102,6 +108,21 @@ class Daemon:
                 self.stop.wait(0.2)
             self._shutdown()
         return 0
+
+    def check_in_within(self, seconds: float) -> None:
+        """Check (and update) within ``seconds`` rather than at the next poll; callable
+        from any thread (the push listener's). A cycle under way finishes first."""
+        at = self.clock() + seconds
+        with self._wake_lock:
+            if self._wake_at is None or at < self._wake_at:
+                self._wake_at = at
+
+    def _woken(self, now: float) -> bool:
+        with self._wake_lock:
+            if self._wake_at is None or now < self._wake_at:
+                return False
+            self._wake_at = None
+            return True
 
     def _interval(self) -> float:
         config = self.agent.config
@@ -164,6 +185,8 @@ class Daemon:
             log.error("%s", e)
 
     def _shutdown(self) -> None:
+        if self.push is not None:
+            self.push.stop()
         worker = self._worker
         if worker is not None and worker.is_alive():
             state = self.agent.store.load_journal().state

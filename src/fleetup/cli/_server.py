@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from fleetup._push import import_nats
 from fleetup.cli._output import say
 from fleetup.errors import UsageError
 
@@ -26,10 +27,13 @@ from fleetup.errors import UsageError
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Worker processes (each with its own caches; the database is shared).")
+@click.option("--nats", "nats_url", default=None, metavar="URL",
+              help="NATS server to push 'check now' to devices when a rollout changes "
+                   "(e.g. nats://127.0.0.1:4222; needs fleetup[push]). [default: poll only]")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def server(db_url: str | None, data_dir: Path, host: str, port: int, workers: int,
-           log_level: str) -> None:
+           nats_url: str | None, log_level: str) -> None:
     """Run the fleet server: REST API under /api/v1, signed repository under /repo/."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
@@ -39,7 +43,11 @@ def server(db_url: str | None, data_dir: Path, host: str, port: int, workers: in
     os.environ["FLEETUP_SERVER_DATA_DIR"] = str(data_dir.resolve())
     if db_url:
         os.environ["FLEETUP_SERVER_DB_URL"] = db_url
+    if nats_url:
+        os.environ["FLEETUP_SERVER_NATS_URL"] = nats_url
     settings = Settings()  # also reads any other FLEETUP_SERVER_* the caller set
+    if settings.nats_url:
+        import_nats()
     prepare_database(settings)
     config = uvicorn.Config("fleetup.server._app:create_app", factory=True, host=host,
                             port=port, workers=workers, log_level=log_level,

@@ -10,6 +10,7 @@ asking for a dashboard page gets the same errors as HTML pages.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,6 +23,7 @@ from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
+from fleetup._push import import_nats
 from fleetup._version import __version__
 from fleetup.errors import (
     FleetupError,
@@ -40,6 +42,7 @@ from fleetup.server._checkin import CheckinEndpoint
 from fleetup.server._db import make_engine
 from fleetup.server._fleet import Fleet
 from fleetup.server._metrics import Metrics, MetricsMiddleware, metrics_endpoint
+from fleetup.server._push import Pusher
 from fleetup.server._settings import Settings
 from fleetup.server.dashboard import install_dashboard
 from fleetup.server.routes import api_router
@@ -126,7 +129,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or Settings()
     engine = make_engine(settings.database_url)
-    fleet = Fleet(settings, engine)
+    pusher = None
+    if settings.nats_url:
+        import_nats()  # a missing nats-py is a clear error here, not a dead task later
+        pusher = Pusher(settings.nats_url, f"fleetup-server-{os.getpid()}")
+    fleet = Fleet(settings, engine, pusher=pusher)
     alerts = AlertService(fleet)
     metrics = Metrics(fleet.sessions, CHECKIN_PATH)
     for directory in (settings.repo_dir / "metadata", settings.repo_dir / "targets"):

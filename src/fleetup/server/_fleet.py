@@ -49,6 +49,7 @@ from fleetup.server import _crud
 from fleetup.server._auth import TokenKind, hash_token
 from fleetup.server._background import every, when_woken
 from fleetup.server._models import Device, utcnow
+from fleetup.server._push import Pusher, PushState, push_changes, push_state
 from fleetup.server._rollouts import (
     Decision,
     DeviceView,
@@ -104,7 +105,7 @@ class Fleet:
     """One server process's caches and background tasks over the shared database."""
 
     def __init__(self, settings: Settings, engine: Engine,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow, pusher: Pusher | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.sessions: sessionmaker[Session] = sessionmaker(engine, expire_on_commit=False)
@@ -121,6 +122,9 @@ class Fleet:
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scopes: dict[int, tuple[float, list[float]]] = {}
+        self.pusher = pusher
+        self._pushed: PushState | None = None  # the state last seen, for push changes
+        self._leading = False  # holds the rollout evaluator's lease: pushes for all
 
     # -- devices --------------------------------------------------------------------
 
@@ -253,6 +257,11 @@ class Fleet:
         # The preloaded cache is long-lived: keep the cyclic GC from scanning it at every
         # full collection (with 100k devices such a scan stalls every request).
         gc.freeze()
+        if self.pusher is not None:
+            await self.pusher.start()
+            # Take the lead now if nobody holds it, rather than at the first evaluation:
+            # changes made before then would not be pushed.
+            self._leading = await asyncio.to_thread(self._take_lead)
         await self.refresh()
         s = self.settings
         self._tasks = [
@@ -270,6 +279,8 @@ class Fleet:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.flush()
+        if self.pusher is not None:
+            await self.pusher.stop()
 
     async def flush(self) -> None:
         """Write the buffered check-in reports in one batch (kept for later on error)."""
@@ -291,6 +302,11 @@ class Fleet:
     async def refresh(self) -> None:
         offers, revoked = await asyncio.to_thread(self._load_caches)
         self.offers = offers
+        if self.pusher is not None:
+            state = push_state(offers)
+            if self._pushed is not None and self._leading:
+                await self.pusher.publish(push_changes(self._pushed, state))
+            self._pushed = state
         for digest in revoked:
             entry = self._tokens.pop(digest, None)
             if entry is not None and self._token_of.get(entry.id) == digest:
@@ -319,11 +335,10 @@ class Fleet:
         changed = False
         now = self.clock()
         # Renewed every round; after a crash another process takes over within 3 rounds.
-        ttl = timedelta(seconds=max(1.0, 3 * self.settings.rollout_tick_seconds))
+        self._leading = self._take_lead()
+        if not self._leading:
+            return False
         with self.sessions() as session:
-            if not _crud.acquire_lease(session, name=_EVALUATOR_LEASE, holder=self.holder,
-                                       ttl=ttl):
-                return False
             for row in _crud.list_rollouts(session, state=RolloutState.ACTIVE.value):
                 plan, seen_revision = _crud.plan_of(row), row.revision
                 scope = self._scope_cohorts(session, plan)
@@ -348,6 +363,12 @@ class Fleet:
                     action=f"rollout.{verdict.kind.value}", state_reason=verdict.reason,
                     **values)
         return changed
+
+    def _take_lead(self) -> bool:
+        ttl = timedelta(seconds=max(1.0, 3 * self.settings.rollout_tick_seconds))
+        with self.sessions() as session:
+            return _crud.acquire_lease(session, name=_EVALUATOR_LEASE, holder=self.holder,
+                                       ttl=ttl)
 
     def _scope_cohorts(self, session: Session, plan: RolloutPlan) -> list[float]:
         """Cohorts of the devices a rollout can reach, re-read every ``_SCOPE_SECONDS``

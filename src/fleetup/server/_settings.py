@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     resign_remaining_share: float = Field(default=0.5, gt=0, lt=1)
     # Serve check-ins from the ASGI fast path (``_checkin``) rather than through FastAPI.
     fast_checkin: bool = True
+    # Push (``_push``, extra ``fleetup[push]``): NATS server to tell devices "check now"
+    # when a rollout changes (e.g. nats://127.0.0.1:4222); empty: devices only poll.
+    nats_url: str = ""
     # A constant-JSON route for the check-in benchmark's baseline; off in production.
     benchmark_routes: bool = False
     # Alerts (``_alerts``): how often rules are evaluated and the webhook outbox polled;

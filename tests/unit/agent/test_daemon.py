@@ -273,3 +273,13 @@ def test_a_daemon_stopped_before_it_starts_returns_at_once(repo: SampleRepo,
     assert daemon.run() == 0
     assert daemon.agent.store.installed_version() is None
     assert os.path.isdir(daemon.agent.store.layout.state)
+
+
+def test_a_pushed_check_now_comes_before_the_next_poll(repo: SampleRepo, tmp_path: Path,
+                                                       start: Callable[..., Running]) -> None:
+    running = start(daemon_for(repo, tmp_path, poll_interval=3600.0))
+    wait_for(lambda: running.agent.store.installed_version() == "1.0", "the first install")
+    repo.publish("1.1")
+    running.daemon.check_in_within(0.0)  # what the push listener calls on a message
+    wait_for(lambda: running.agent.store.installed_version() == "1.1", "the pushed update")
+    assert running.stop() == 0
