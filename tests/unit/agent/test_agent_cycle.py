@@ -56,11 +56,7 @@ def spec(*releases: str | tuple[str, dict[str, Any]]) -> Spec:
     return tuple(plan)
 
 
-@pytest.fixture(autouse=True)
-def _no_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Durability is not observable in-process (tests/crash/ kills real processes for
-    # that), and fsync costs milliseconds a call on a VM disk.
-    monkeypatch.setattr(os, "fsync", lambda fd: None)
+pytestmark = pytest.mark.usefixtures("no_fsync")
 
 
 @pytest.fixture(scope="module")

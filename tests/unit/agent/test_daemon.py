@@ -23,25 +23,16 @@ from fleetup.agent._modules import ModuleHost
 from fleetup.agent._supervisor import AppSupervisor
 from fleetup.errors import StateError, UsageError
 from tests.support.fake_source import FakeSource, agent_over
+from tests.support.fleet import wait_for
 from tests.support.releases import SampleRepo
 from tests.support.trees import File
 
 TICK = ModulesConfig(tick_interval=0.05, hook_timeout=5.0)
 
 
-@pytest.fixture(autouse=True)
-def _no_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Durability is not observable in-process (tests/crash/ kills real processes for
-    # that), and fsync costs milliseconds a call on a VM disk.
-    monkeypatch.setattr(os, "fsync", lambda fd: None)
+pytestmark = pytest.mark.usefixtures("no_fsync")
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def counter_module(log: Path, tag: str) -> str:
@@ -127,8 +118,8 @@ def test_installs_ticks_modules_and_stops_cleanly(repo: SampleRepo, tmp_path: Pa
                                                   start: Callable[..., Running]) -> None:
     log = tmp_path / "hooks.log"
     running = start(daemon_for(repo, tmp_path))
-    wait_for(lambda: running.agent.store.installed_version() == "1.0", "the first install")
-    wait_for(lambda: lines(log).count("c@1.0:tick") >= 2, "two module ticks")
+    wait_for(lambda: running.agent.store.installed_version() == "1.0", what="the first install")
+    wait_for(lambda: lines(log).count("c@1.0:tick") >= 2, what="two module ticks")
     assert running.stop() == 0
     assert lines(log)[0] == "c@1.0:init"
     assert lines(log)[-1] == "c@1.0:cleanup"
@@ -141,10 +132,10 @@ def test_a_new_release_is_installed_on_the_next_poll_and_modules_reload(
         repo: SampleRepo, tmp_path: Path, start: Callable[..., Running]) -> None:
     log = tmp_path / "hooks.log"
     running = start(daemon_for(repo, tmp_path, poll_interval=0.5))
-    wait_for(lambda: "c@1.0:tick" in lines(log), "1.0's module to tick")
+    wait_for(lambda: "c@1.0:tick" in lines(log), what="1.0's module to tick")
     repo.publish("1.1", modules={"counter": counter_module(log, "c@1.1")})
-    wait_for(lambda: running.agent.store.installed_version() == "1.1", "the update to 1.1")
-    wait_for(lambda: "c@1.1:tick" in lines(log), "1.1's module to tick")
+    wait_for(lambda: running.agent.store.installed_version() == "1.1", what="the update to 1.1")
+    wait_for(lambda: "c@1.1:tick" in lines(log), what="1.1's module to tick")
     assert running.stop() == 0
     seen = lines(log)
     assert seen.index("c@1.0:cleanup") < seen.index("c@1.1:init")
@@ -154,7 +145,7 @@ def test_a_new_release_is_installed_on_the_next_poll_and_modules_reload(
 def test_the_daemon_holds_the_device_lock(repo: SampleRepo, tmp_path: Path,
                                           start: Callable[..., Running]) -> None:
     running = start(daemon_for(repo, tmp_path))
-    wait_for(lambda: running.agent.store.installed_version() == "1.0", "the first install")
+    wait_for(lambda: running.agent.store.installed_version() == "1.0", what="the first install")
     other, _ = agent_over(repo.path, tmp_path / "device")
     with pytest.raises(StateError, match="another fleetup agent"):
         other.update()
@@ -166,14 +157,14 @@ def test_requests_check_update_and_rollback(repo: SampleRepo, tmp_path: Path,
                                             start: Callable[..., Running]) -> None:
     repo.publish("1.1")
     running = start(daemon_for(repo, tmp_path))
-    wait_for(lambda: running.agent.store.installed_version() == "1.1", "the first install")
+    wait_for(lambda: running.agent.store.installed_version() == "1.1", what="the first install")
     check = running.daemon.submit("check").result.result(timeout=60)
     assert isinstance(check, CheckResult)
     assert (check.installed, check.available) == ("1.1", None)
     bad = running.daemon.submit("update", "7.0")
     with pytest.raises(UsageError, match=r"no signed release 7\.0"):
         bad.result.result(timeout=60)
-    wait_for(lambda: running.daemon.last_error is not None, "the error to be noted")
+    wait_for(lambda: running.daemon.last_error is not None, what="the error to be noted")
     assert "7.0" in str(running.daemon.last_error)
     rollback = running.daemon.submit("rollback", "1.1").result.result(timeout=60)
     assert isinstance(rollback, Outcome)
@@ -187,10 +178,10 @@ def test_a_failed_check_is_noted_and_the_next_poll_tries_again(
     source = FakeSource(repo.path)
     source.offline = True
     running = start(daemon_for(repo, tmp_path, source=source, poll_interval=0.5))
-    wait_for(lambda: running.daemon.last_error is not None, "the failed check")
+    wait_for(lambda: running.daemon.last_error is not None, what="the failed check")
     assert "cannot be reached" in str(running.daemon.last_error)
     source.offline = False
-    wait_for(lambda: running.agent.store.installed_version() == "1.0", "the retry")
+    wait_for(lambda: running.agent.store.installed_version() == "1.0", what="the retry")
     assert running.stop() == 0
 
 
@@ -200,7 +191,7 @@ def test_the_app_is_supervised_and_stopped_with_the_daemon(
     running = start(daemon)
     app = daemon.supervisor
     assert app is not None
-    wait_for(lambda: app.running, "the app to start")
+    wait_for(lambda: app.running, what="the app to start")
     assert app.process is not None
     pid = app.process.pid
     cwd = Path(f"/proc/{pid}/cwd").resolve()
@@ -209,7 +200,7 @@ def test_the_app_is_supervised_and_stopped_with_the_daemon(
     assert not app.running
     wait_for(lambda: not Path(f"/proc/{pid}").exists()
              or "Z" in Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2][:3],
-             "the app to be gone")
+             what="the app to be gone")
 
 
 class GatedSource(FakeSource):
@@ -255,7 +246,7 @@ def test_a_stop_during_the_health_check_waits_for_the_commit(
     running = start(daemon_for(repo, tmp_path))
     agent = running.agent
     wait_for(lambda: agent.store.load_journal().state is State.HEALTH_CHECKING,
-             "the health check to start")
+             what="the health check to start")
     running.daemon.stop.set()
     time.sleep(0.3)  # the loop has seen the stop: it must be waiting, not gone
     assert running.thread.is_alive()
@@ -278,8 +269,8 @@ def test_a_daemon_stopped_before_it_starts_returns_at_once(repo: SampleRepo,
 def test_a_pushed_check_now_comes_before_the_next_poll(repo: SampleRepo, tmp_path: Path,
                                                        start: Callable[..., Running]) -> None:
     running = start(daemon_for(repo, tmp_path, poll_interval=3600.0))
-    wait_for(lambda: running.agent.store.installed_version() == "1.0", "the first install")
+    wait_for(lambda: running.agent.store.installed_version() == "1.0", what="the first install")
     repo.publish("1.1")
     running.daemon.check_in_within(0.0)  # what the push listener calls on a message
-    wait_for(lambda: running.agent.store.installed_version() == "1.1", "the pushed update")
+    wait_for(lambda: running.agent.store.installed_version() == "1.1", what="the pushed update")
     assert running.stop() == 0

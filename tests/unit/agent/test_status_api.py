@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,24 +15,15 @@ from fleetup.agent import Daemon, StatusApi
 from fleetup.agent._config import ModulesConfig, PolicyConfig
 from fleetup.agent._modules import ModuleHost
 from tests.support.fake_source import FakeSource, agent_over
+from tests.support.fleet import wait_for
 from tests.support.releases import SampleRepo
 
 PREFIX = "/api/updates"
 
 
-@pytest.fixture(autouse=True)
-def _no_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Durability is not observable in-process (tests/crash/ kills real processes for
-    # that), and fsync costs milliseconds a call on a VM disk.
-    monkeypatch.setattr(os, "fsync", lambda fd: None)
+pytestmark = pytest.mark.usefixtures("no_fsync")
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @dataclass
@@ -78,7 +67,7 @@ def served(prepared: tuple[SampleRepo, Path], tmp_path: Path) -> Iterator[Served
     api.start()
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
-    wait_for(lambda: daemon.last_outcome is not None, "the daemon's first poll")
+    wait_for(lambda: daemon.last_outcome is not None, what="the daemon's first poll")
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{api.port}", timeout=60) as client:
             yield Served(daemon, source, client, repo)
@@ -129,7 +118,7 @@ def test_install_a_version_on_purpose(served: Served) -> None:
     response = served.client.post(f"{PREFIX}/install/1.2")
     assert response.status_code == 202
     assert response.json() == {"accepted": True, "install": "1.2"}
-    wait_for(lambda: served.installed() == "1.2", "1.2 to be installed")
+    wait_for(lambda: served.installed() == "1.2", what="1.2 to be installed")
     assert served.client.get(f"{PREFIX}/status").json()["version"] == "1.2"
 
 
@@ -137,10 +126,10 @@ def test_rollback(served: Served) -> None:
     response = served.client.post(f"{PREFIX}/rollback", json={"to": "1.0"})
     assert response.status_code == 202
     assert response.json() == {"accepted": True, "rollback_to": "1.0"}
-    wait_for(lambda: served.installed() == "1.0", "the rollback to 1.0")
+    wait_for(lambda: served.installed() == "1.0", what="the rollback to 1.0")
     response = served.client.post(f"{PREFIX}/rollback")  # no body: the other kept one
     assert response.status_code == 202
-    wait_for(lambda: served.installed() == "1.1", "the switch back to 1.1")
+    wait_for(lambda: served.installed() == "1.1", what="the switch back to 1.1")
 
 
 def test_errors_are_json(served: Served) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from fleetup.agent._supervisor import AppSupervisor, CommandRestarter, NoRestarter
 from fleetup.errors import HealthCheckError
+from tests.support.fleet import wait_for
 from tests.support.trees import make_tree
 
 ENV = dict(os.environ)
@@ -25,13 +25,6 @@ class FakeClock:
         return self.now
 
 
-def wait_for(condition: object, what: str, timeout: float = 20.0) -> None:
-    """Poll ``condition()`` until true; fail (not flake) only after a generous timeout."""
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def gone(pid: int) -> bool:
@@ -141,14 +134,15 @@ def test_stop_kills_the_whole_process_group(root: Path, tmp_path: Path,
     pidfile = tmp_path / "child.pid"
     app = make(supervisors, root, f"sleep 30 & echo $! > {pidfile}; wait")
     app.start()
-    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), "the child's pid")
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the child's pid",
+             timeout=20.0)
     child = int(pidfile.read_text())
     assert app.process is not None
     parent = app.process.pid
     assert not gone(child)
     app.stop()
     assert not app.running
-    wait_for(lambda: gone(child), "the app's child to die")
+    wait_for(lambda: gone(child), what="the app's child to die", timeout=20.0)
     assert gone(parent)
 
 
@@ -158,7 +152,7 @@ def test_stop_escalates_to_sigkill(root: Path, tmp_path: Path,
     app = make(supervisors, root, f"trap '' TERM; touch {ready}; sleep 30 & wait; sleep 30",
                stop_timeout=0.3)
     app.start()
-    wait_for(ready.exists, "the app to ignore SIGTERM")
+    wait_for(ready.exists, what="the app to ignore SIGTERM", timeout=20.0)
     assert app.process is not None
     process = app.process
     app.stop()

@@ -39,10 +39,7 @@ class Result:
 Run = Callable[..., Result]
 
 
-@pytest.fixture(autouse=True)
-def _no_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Durability is not observable in-process and fsync costs ~5 ms a call on a VM disk.
-    monkeypatch.setattr(os, "fsync", lambda fd: None)
+pytestmark = pytest.mark.usefixtures("no_fsync")
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ real HTTP.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,11 +50,8 @@ def make_client(repo: Path, workdir: Path, trusted_root: bytes | None = None) ->
 
 
 @pytest.fixture(autouse=True)
-def _no_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
-    """fsync costs ~5 ms a call on a VM disk and a publish makes dozens; what it buys,
-    durability across a power cut, is not observable in-process. The calls still
-    happen (and the disk-full sweeps fail them); the integration tests keep real fsync."""
-    monkeypatch.setattr(os, "fsync", lambda fd: None)
+def _no_fsync(no_fsync: None) -> None:
+    """Every repository unit test runs without fsync (see ``no_fsync``)."""
 
 
 @pytest.fixture
