@@ -100,6 +100,9 @@ def _pep440(value: str) -> str:
     return value
 
 
+INT_MAX = 2**31 - 1
+"""The largest id or count the database stores (PostgreSQL ``INTEGER``)."""
+PositiveDbInt = Annotated[int, Field(ge=1, le=INT_MAX)]  # an id or a count, as stored
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")]
 DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 VersionStr = Annotated[str, StringConstraints(max_length=100), AfterValidator(_pep440)]
@@ -195,7 +198,7 @@ class EventIn(_In):
     version: VersionStr | None = None
     from_version: VersionStr | None = None
     update_id: Annotated[str, StringConstraints(max_length=100)] | None = None
-    rollout_id: Annotated[int, Field(ge=1, lt=2**31)] | None = None
+    rollout_id: PositiveDbInt | None = None
     reason: ShortText = ""
     details: Annotated[dict[str, Any], Field(max_length=50)] = Field(default_factory=dict)
 
@@ -426,7 +429,7 @@ class EnrollmentTokenCreate(_NoNul):
     model_config = ConfigDict(extra="forbid")
 
     name: Label = ""
-    max_uses: Annotated[int, Field(ge=1, lt=2**31)] | None = None
+    max_uses: PositiveDbInt | None = None
     expires_at: datetime | None = None
 
 

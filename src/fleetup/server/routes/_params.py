@@ -12,11 +12,9 @@ from typing import Annotated
 from fastapi import Path, Query, Request
 
 from fleetup.errors import ServerAPIError
+from fleetup.server._schemas import INT_MAX
 
-__all__ = ["INT_MAX", "IdFilter", "Offset", "RowId", "no_nul_in_url"]
-
-INT_MAX = 2**31 - 1
-"""The largest id or count the database stores (PostgreSQL ``INTEGER``)."""
+__all__ = ["IdFilter", "Offset", "RowId", "no_nul_in_url"]
 
 RowId = Annotated[int, Path(ge=1, le=INT_MAX)]
 IdFilter = Annotated[int | None, Query(ge=1, le=INT_MAX)]
