@@ -21,6 +21,7 @@ from fleetup.agent._fetcher import (
     retry_after_seconds,
 )
 from fleetup.errors import UsageError
+from tests.support.clock import FakeClock
 
 BASE = "https://repo.test/"
 TARGET = f"{BASE}targets/app/app-1.0.tar.zst"
@@ -30,19 +31,6 @@ DATA = random.Random(7).randbytes(10_000)
 Step = httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
 
 
-class FakeClock:
-    """Monotonic seconds that move only when something sleeps or a test ticks."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class Script:

@@ -20,24 +20,12 @@ from fleetup._facts import HealthSpec
 from fleetup.agent._config import HealthConfig
 from fleetup.agent._health import HealthPlan, plan_health, run_health_check
 from fleetup.agent._supervisor import NoRestarter
+from tests.support.clock import FakeClock
 from tests.support.trees import File, make_tree
 
 ENV = dict(os.environ)
 
 
-class FakeClock:
-    """Monotonic time that only moves when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @dataclass
@@ -85,7 +73,7 @@ def current(tmp_path: Path) -> Path:
 
 def check(the_plan: HealthPlan, current: Path, app: object = None,
           env: dict[str, str] | None = None, clock: FakeClock | None = None) -> str | None:
-    clock = clock or FakeClock()
+    clock = clock or FakeClock(1000.0)
     return run_health_check(the_plan, cwd=current, env=env or ENV,
                             app=app or NoRestarter(),  # type: ignore[arg-type]
                             clock=clock, sleep=clock.sleep)
@@ -176,7 +164,7 @@ def test_a_command_past_the_timeout_is_killed_with_what_it_started(current: Path
 
 
 def test_no_budget_left_means_no_command(current: Path) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     app = ExitingApp()
     # The start-up grace used the whole budget.
     reason = run_health_check(plan(("./ok.sh",), timeout=1.0, grace=1.0), cwd=current,
@@ -240,7 +228,7 @@ def test_a_url_that_answers_500_then_200_passes(http: tuple[str, Answers],
                                                 current: Path) -> None:
     base, answers = http
     answers.statuses = [500, 500, 200]
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     assert check(plan(urls=(f"{base}/health",)), current, clock=clock) is None
     assert answers.seen == ["/health"] * 3
     assert len(clock.sleeps) == 2
@@ -250,7 +238,7 @@ def test_a_url_that_never_answers_2xx_fails_at_the_deadline(http: tuple[str, Ans
                                                             current: Path) -> None:
     base, answers = http
     answers.statuses = [503]
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     reason = check(plan(urls=(f"{base}/health",), timeout=5.0), current, clock=clock)
     assert reason == f"health URL {base}/health did not answer 2xx in time (HTTP 503)"
     assert clock.now >= 1005.0
@@ -276,7 +264,7 @@ def test_a_redirect_is_not_healthy(http: tuple[str, Answers], current: Path) -> 
 
 def test_a_crash_loop_during_the_start_up_grace_fails_early(current: Path) -> None:
     app = ExitingApp(codes=[1, 1, 139], appear_after=3)
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     reason = check(plan(("./ok.sh",), grace=2.0, restarts=3), current, app=app, clock=clock)
     assert reason == "the app crash-looped: exited 3 times (last exit code 139)"
     assert app.looks == 4
@@ -286,7 +274,7 @@ def test_a_crash_loop_during_the_start_up_grace_fails_early(current: Path) -> No
 
 def test_fewer_exits_than_the_limit_is_healthy(current: Path) -> None:
     app = ExitingApp(codes=[1, 1])
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     assert check(plan(grace=1.0, restarts=3), current, app=app, clock=clock) is None
     assert clock.now >= 1001.0  # the whole grace period was watched
 

@@ -11,18 +11,13 @@ import pytest
 
 from fleetup.agent._supervisor import AppSupervisor, CommandRestarter, NoRestarter
 from fleetup.errors import HealthCheckError
+from tests.support.clock import FakeClock
 from tests.support.fleet import wait_for
 from tests.support.trees import make_tree
 
 ENV = dict(os.environ)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 
@@ -96,7 +91,7 @@ def _link(root: Path, target: str) -> Path:
 
 def test_an_app_that_exits_is_restarted_and_its_exit_codes_recorded(
         root: Path, supervisors: list[AppSupervisor]) -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     app = make(supervisors, root, "exit 3", clock=clock)
     app.start()
     for expected_starts, backoff in ((1, 0.5), (2, 1.0)):
@@ -118,7 +113,7 @@ def test_an_app_that_exits_is_restarted_and_its_exit_codes_recorded(
 
 
 def test_a_restart_resets_the_back_off(root: Path, supervisors: list[AppSupervisor]) -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     app = make(supervisors, root, "exit 1", clock=clock)
     app.start()
     assert app.process is not None
