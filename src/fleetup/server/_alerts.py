@@ -51,7 +51,6 @@ per evaluation round or per retry. The pieces:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import hashlib
 import hmac
@@ -82,7 +81,7 @@ from fleetup.server._analytics import (
     stuck_devices,
     stuck_inputs,
 )
-from fleetup.server._background import every, when_woken
+from fleetup.server._background import cancel_all, every, when_woken
 from fleetup.server._models import Alert, AlertDelivery, AlertRule, Rollout, utcnow
 from fleetup.server._rollouts import Outcome, RolloutState, outcomes
 from fleetup.server._schemas import AlertRuleCreate, AlertRuleUpdate
@@ -638,11 +637,7 @@ class AlertService:
                                            self.deliver_due, "webhook delivery"))]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         if self._client is not None:
             await self._client.aclose()
 

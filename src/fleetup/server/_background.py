@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
-__all__ = ["every", "guarded", "when_woken"]
+__all__ = ["cancel_all", "every", "guarded", "when_woken"]
 
 log = logging.getLogger("fleetup.server")
 
@@ -46,3 +46,13 @@ async def when_woken(wake: asyncio.Event, seconds: float, job: Job, name: str) -
             await asyncio.wait_for(wake.wait(), seconds)
         wake.clear()
         await guarded(job, name)
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Cancel the loops and wait until each has ended."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -27,7 +27,6 @@ threads (``asyncio.to_thread``) and hands its result back to the loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
@@ -47,7 +46,7 @@ from fleetup._cohort import cohort_of
 from fleetup.errors import FleetupError, ServerAPIError
 from fleetup.server import _crud
 from fleetup.server._auth import TokenKind, hash_token
-from fleetup.server._background import every, when_woken
+from fleetup.server._background import cancel_all, every, when_woken
 from fleetup.server._models import Device, utcnow
 from fleetup.server._push import Pusher, PushState, push_changes, push_state
 from fleetup.server._rollouts import (
@@ -273,11 +272,7 @@ class Fleet:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         await self.flush()
         if self.pusher is not None:
             await self.pusher.stop()

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fleetup._push import connect, encode, import_nats, subject
+from fleetup.server._background import cancel_all
 from fleetup.server._rollouts import Offer, RolloutState
 
 __all__ = ["PushState", "Pusher", "push_changes", "push_state"]
@@ -94,9 +95,7 @@ class Pusher:
     async def stop(self) -> None:
         self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_all([self._task])
         if self._client is not None:
             with contextlib.suppress(Exception):
                 await self._client.drain()
