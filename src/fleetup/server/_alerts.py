@@ -514,9 +514,7 @@ def acknowledge_alert(session: Session, *, alert_id: int, actor: str) -> Alert:
     Raises:
         ServerAPIError: 404 no such alert.
     """
-    row = session.get(Alert, alert_id)
-    if row is None:
-        raise ServerAPIError("no such alert", "not_found", 404)
+    row = _crud.get_or_404(session, Alert, alert_id, what="alert")
     if row.acknowledged_at is None:
         row.acknowledged_at, row.acknowledged_by = utcnow(), actor
         _crud.add_audit(session, actor=actor, action="alert.ack", target=f"alert:{alert_id}")
@@ -567,9 +565,7 @@ def update_rule(session: Session, *, rule_id: int, spec: AlertRuleUpdate, actor:
     Raises:
         ServerAPIError: 404 no such rule; 422 a threshold out of range for its kind.
     """
-    row = session.get(AlertRule, rule_id)
-    if row is None:
-        raise ServerAPIError("no such alert rule", "not_found", 404)
+    row = _crud.get_or_404(session, AlertRule, rule_id, what="alert rule")
     changes = spec.model_dump(exclude_unset=True)
     _check_threshold(row.kind, changes.get("threshold", row.threshold))
     if changes.get("enabled") and not row.enabled:
@@ -590,9 +586,7 @@ def delete_rule(session: Session, *, rule_id: int, actor: str) -> AlertRule:
     Raises:
         ServerAPIError: 404 no such rule.
     """
-    row = session.get(AlertRule, rule_id)
-    if row is None:
-        raise ServerAPIError("no such alert rule", "not_found", 404)
+    row = _crud.get_or_404(session, AlertRule, rule_id, what="alert rule")
     alert_ids = select(Alert.id).where(Alert.rule_id == rule_id).scalar_subquery()
     session.execute(update(AlertDelivery)
                     .where(AlertDelivery.alert_id.in_(alert_ids),

@@ -3,19 +3,21 @@
 Each function takes a ``Session`` and leaves committing to its caller, except where
 its docstring says otherwise (the rollout state changes, which must commit together
 with their audit entry). SQLAlchemy errors are not caught here: the app's error
-handlers turn them into JSON errors, and the integrity ones into 409s.
+handlers turn them into JSON errors, and the integrity ones into 409s. A missing row
+asked for by id is a 404 (:func:`get_or_404`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Select, Table, and_, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from fleetup.errors import ServerAPIError
 from fleetup.server._auth import Role, TokenKind, hash_token, new_token
 from fleetup.server._models import (
     AuditEntry,
@@ -53,6 +55,7 @@ __all__ = [
     "find_device_by_token",
     "find_operator",
     "flush_checkins",
+    "get_or_404",
     "insert_events",
     "list_audit",
     "list_channels",
@@ -76,6 +79,20 @@ __all__ = [
     "search_devices",
     "update_rollout",
 ]
+
+T = TypeVar("T")
+
+
+def get_or_404(session: Session, model: type[T], key: object, *, what: str) -> T:
+    """The ``model`` row whose primary key is ``key``.
+
+    Raises:
+        ServerAPIError: 404 ``not_found`` ("no such <what>").
+    """
+    row = session.get(model, key)
+    if row is None:
+        raise ServerAPIError(f"no such {what}", "not_found", 404)
+    return row
 
 
 # -- audit ----------------------------------------------------------------------------

@@ -46,10 +46,6 @@ __all__ = ["DryRun", "RolloutReport", "change_rollout", "dry_run_rollout", "expl
            "push_release", "report_rollout", "start_rollout", "sync_releases"]
 
 
-def _not_found(what: str) -> ServerAPIError:
-    return ServerAPIError(f"no such {what}", "not_found", 404)
-
-
 # -- releases -------------------------------------------------------------------------
 
 
@@ -215,9 +211,7 @@ def change_rollout(session: Session, *, rollout_id: int, action: str, actor: str
     Raises:
         ServerAPIError: 404 no such rollout; 409 not in a state that allows it.
     """
-    row = session.get(Rollout, rollout_id)
-    if row is None:
-        raise _not_found("rollout")
+    row = _crud.get_or_404(session, Rollout, rollout_id, what="rollout")
     if RolloutState(row.state) not in _ALLOWED[action]:
         raise ServerAPIError(f"rollout {rollout_id} is {row.state}: cannot {action} it",
                              "invalid_state", 409)

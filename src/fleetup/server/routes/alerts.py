@@ -8,8 +8,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from fleetup.errors import ServerAPIError
-from fleetup.server import _alerts
+from fleetup.server import _alerts, _crud
 from fleetup.server._models import Alert, AlertDelivery, AlertRule
 from fleetup.server._schemas import (
     AlertDeliveryPublic,
@@ -39,13 +38,6 @@ def _rule(row: AlertRule) -> AlertRulePublic:
         created_by=row.created_by, updated_at=row.updated_at, signed=bool(row.webhook_secret))
 
 
-def _get_rule(session: SessionDep, rule_id: int) -> AlertRule:
-    row = session.get(AlertRule, rule_id)
-    if row is None:
-        raise ServerAPIError("no such alert rule", "not_found", 404)
-    return row
-
-
 @router.get("", response_model=AlertsPublic)
 def list_alerts(session: SessionDep, _: ViewerDep,
                 state: Literal["open", "acknowledged", "all"] = "all",
@@ -72,7 +64,7 @@ def create_rule(body: AlertRuleCreate, session: SessionDep, operator: AdminDep
 
 @router.get("/rules/{rule_id}", response_model=AlertRulePublic)
 def read_rule(rule_id: RowId, session: SessionDep, _: AdminDep) -> AlertRulePublic:
-    return _rule(_get_rule(session, rule_id))
+    return _rule(_crud.get_or_404(session, AlertRule, rule_id, what="alert rule"))
 
 
 @router.patch("/rules/{rule_id}", response_model=AlertRulePublic)
@@ -91,9 +83,7 @@ def delete_rule(rule_id: RowId, session: SessionDep, operator: AdminDep) -> Aler
 
 @router.get("/{alert_id}", response_model=AlertPublic)
 def read_alert(alert_id: RowId, session: SessionDep, _: ViewerDep) -> AlertPublic:
-    row = session.get(Alert, alert_id)
-    if row is None:
-        raise ServerAPIError("no such alert", "not_found", 404)
+    row = _crud.get_or_404(session, Alert, alert_id, what="alert")
     return _alert(row, _alerts.deliveries_of(session, alert_ids=[alert_id])[alert_id])
 
 

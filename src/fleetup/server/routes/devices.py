@@ -89,9 +89,7 @@ async def read_self(device: DeviceDep, fleet: FleetDep) -> DevicePublic:
 
 def _read_device(fleet: Fleet, device_id: str) -> DevicePublic:
     with fleet.sessions() as session:
-        row = session.get(Device, device_id)
-        if row is None:
-            raise ServerAPIError("no such device", "not_found", 404)
+        row = _crud.get_or_404(session, Device, device_id, what="device")
         return DevicePublic.model_validate(row)
 
 
@@ -117,17 +115,14 @@ def list_groups(session: SessionDep, _: ViewerDep, app: str | None = None) -> Gr
 
 @router.get("/{device_id}", response_model=DevicePublic)
 def read_device(device_id: str, session: SessionDep, _: ViewerDep) -> DevicePublic:
-    row = session.get(Device, device_id)
-    if row is None:
-        raise ServerAPIError("no such device", "not_found", 404)
-    return DevicePublic.model_validate(row)
+    return DevicePublic.model_validate(_crud.get_or_404(session, Device, device_id,
+                                                        what="device"))
 
 
 @router.get("/{device_id}/history", response_model=EventsPublic)
 def device_history(device_id: str, session: SessionDep, _: ViewerDep,
                    limit: Limit = 100, offset: Offset = 0) -> EventsPublic:
     """The device's events, newest first."""
-    if session.get(Device, device_id) is None:
-        raise ServerAPIError("no such device", "not_found", 404)
+    _crud.get_or_404(session, Device, device_id, what="device")
     rows, count = _crud.device_events(session, device_id=device_id, limit=limit, offset=offset)
     return EventsPublic(data=[EventPublic.model_validate(r) for r in rows], count=count)

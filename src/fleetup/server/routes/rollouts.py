@@ -7,7 +7,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from fleetup.errors import ServerAPIError
 from fleetup.server import _crud
 from fleetup.server._models import Rollout
 from fleetup.server._operations import (
@@ -46,13 +45,6 @@ def _public(row: Rollout, stats: RolloutStats | None = None) -> RolloutPublic:
         stats=stats)
 
 
-def _get(session: SessionDep, rollout_id: int) -> Rollout:
-    row = session.get(Rollout, rollout_id)
-    if row is None:
-        raise ServerAPIError("no such rollout", "not_found", 404)
-    return row
-
-
 @router.get("", response_model=RolloutsPublic)
 def list_rollouts(session: SessionDep, _: ViewerDep, app: str | None = None,
                   state: str | None = None) -> RolloutsPublic:
@@ -86,7 +78,7 @@ def dry_run(body: RolloutCreate, session: SessionDep, _: ViewerDep) -> RolloutDr
 @router.get("/{rollout_id}", response_model=RolloutPublic)
 def read_rollout(rollout_id: RowId, session: SessionDep, _: ViewerDep) -> RolloutPublic:
     """The rollout with its current stage's counts and what happens next."""
-    row = _get(session, rollout_id)
+    row = _crud.get_or_404(session, Rollout, rollout_id, what="rollout")
     report = report_rollout(session, row)
     s = report.stats
     return _public(row, RolloutStats(
@@ -100,8 +92,8 @@ def rollout_devices(rollout_id: RowId, session: SessionDep, _: ViewerDep,
                     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
                     offset: Offset = 0) -> RolloutDevicesPublic:
     """Per device of the app: is it getting the release, and why (or why not)."""
-    rows, count = explain_rollout(session, _get(session, rollout_id), limit=limit,
-                                  offset=offset)
+    row = _crud.get_or_404(session, Rollout, rollout_id, what="rollout")
+    rows, count = explain_rollout(session, row, limit=limit, offset=offset)
     return RolloutDevicesPublic(
         data=[RolloutDevicePublic(device_id=r.device_id, version=r.version,
                                   platform=r.platform, channel=r.channel, cohort=r.cohort,
