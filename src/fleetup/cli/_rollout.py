@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from fleetup._groups import parse_group
 from fleetup.cli._options import json_option
 from fleetup.cli._output import emit_json, out, say, table
 from fleetup.errors import UsageError
@@ -52,7 +53,7 @@ def _spec(app: str, version: str, channel: str, stages: str, soak: int, min_repo
     return {"app": app, "version": version, "channel": channel,
             "stages": _parse_stages(stages), "soak_seconds": soak,
             "min_reports": min_reports, "max_failure_rate": max_failure_rate,
-            "group": _parse_group(groups)}
+            "group": parse_group(groups, label="--group")}
 
 
 @rollout.command("start")
@@ -102,16 +103,6 @@ def _parse_stages(text: str) -> list[float]:
         return [float(part) for part in text.split(",")]
     except ValueError:
         raise UsageError(f"--stages {text!r}: use percents, e.g. 1,10,50,100") from None
-
-
-def _parse_group(values: tuple[str, ...]) -> dict[str, str]:
-    group: dict[str, str] = {}
-    for item in values:
-        tag, sep, value = item.partition("=")
-        if not sep or not tag:
-            raise UsageError(f"--group {item!r}: use TAG=VALUE")
-        group[tag] = value
-    return group
 
 
 @rollout.command("status")

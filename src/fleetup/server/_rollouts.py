@@ -61,7 +61,6 @@ __all__ = [
     "eligibility",
     "matches_group",
     "outcomes",
-    "parse_group",
     "parse_stages",
     "stage_reach",
     "stage_stats",
@@ -131,21 +130,6 @@ def check_stages(stages: Sequence[float]) -> None:
         previous = percent
     if stages[-1] != 100:
         raise UsageError(f"the last stage must be 100 (all devices): {list(stages)}")
-
-
-def parse_group(values: Iterable[str]) -> dict[str, str]:
-    """Parse ``TAG=VALUE`` filters (all must match).
-
-    Raises:
-        UsageError: an item has no ``=`` or an empty tag.
-    """
-    group: dict[str, str] = {}
-    for item in values:
-        tag, sep, value = item.partition("=")
-        if not sep or not tag:
-            raise UsageError(f"bad group filter {item!r}: use TAG=VALUE")
-        group[tag] = value
-    return group
 
 
 def matches_group(tags: Mapping[str, str], group: Mapping[str, str]) -> bool:

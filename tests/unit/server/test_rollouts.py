@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from fleetup._cohort import cohort_of
+from fleetup._groups import parse_group
 from fleetup.errors import UsageError
 from fleetup.server._rollouts import (
     Action,
@@ -20,7 +21,6 @@ from fleetup.server._rollouts import (
     decide,
     eligibility,
     outcomes,
-    parse_group,
     parse_stages,
     stage_stats,
     stage_verdict,

@@ -21,7 +21,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from fleetup._cohort import cohort_of
-from fleetup.errors import FleetupError, ServerAPIError
+from fleetup._groups import parse_group
+from fleetup.errors import FleetupError, ServerAPIError, UsageError
 from fleetup.server import _alerts, _crud
 from fleetup.server._analytics import (
     FAILURE_TYPES,
@@ -203,12 +204,10 @@ def _rollout_spec(form: dict[str, str]) -> RolloutCreate:
         ValueError: a field that is not a number or a TAG=VALUE list.
         ValidationError: what the API would refuse.
     """
-    group: dict[str, str] = {}
-    for item in form["group"].replace(",", " ").split():
-        tag, sep, value = item.partition("=")
-        if not sep or not tag:
-            raise ValueError(f"group {item!r}: use TAG=VALUE")
-        group[tag] = value
+    try:
+        group = parse_group(form["group"].replace(",", " ").split())
+    except UsageError as e:
+        raise ValueError(str(e)) from None
     return RolloutCreate.model_validate({
         "app": form["app"], "version": form["version"], "channel": form["channel"],
         "stages": [float(p) for p in form["stages"].split(",") if p.strip()],
