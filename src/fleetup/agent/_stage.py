@@ -46,7 +46,8 @@ def stage_archive(store: DeviceStore, facts: ReleaseFacts, archive: Path,
         try:
             with archive.open("rb") as f:
                 return extract_archive(f, dest, max_size=facts.tree_size,
-                                       max_entries=facts.tree_entries, on_progress=progress)
+                                       max_entries=facts.tree_entries,
+                                       max_depth=facts.depth_bound, on_progress=progress)
         except OSError as e:
             raise storage_error(e, f"read {archive}") from e
 
@@ -69,7 +70,8 @@ def stage_delta(store: DeviceStore, facts: ReleaseFacts, patch: Path, base_versi
         try:
             with patch.open("rb") as f:
                 return apply_delta(f, base_dir, base_manifest, dest, max_size=facts.tree_size,
-                                   max_entries=facts.tree_entries, on_progress=progress)
+                                   max_entries=facts.tree_entries,
+                                   max_depth=facts.depth_bound, on_progress=progress)
         except OSError as e:
             raise storage_error(e, f"read {patch}") from e
 
@@ -171,7 +173,8 @@ class StreamingUnpack:
             reader = cast("BinaryIO", _QueueReader(self._queue))
             self._manifest = extract_archive(reader, self.partial,
                                              max_size=self.facts.tree_size,
-                                             max_entries=self.facts.tree_entries)
+                                             max_entries=self.facts.tree_entries,
+                                             max_depth=self.facts.depth_bound)
         except BaseException as e:  # noqa: BLE001 - reported through accept()
             self.error = e
             while True:  # drain, so the download never waits on a dead worker
