@@ -4,8 +4,8 @@ Building: entries in manifest order, owners 0/0 with no names, mtime 0, modes ke
 symlinks kept; the same tree gives the same bytes. Unpacking treats the archive as
 hostile even though its hash was checked: it refuses ``..``, absolute paths, writing
 through a symlink, links that lead outside the tree, hard links, devices and FIFOs,
-duplicate entries, and trees that expand past the signed size or entry count. Every
-refusal names the entry.
+duplicate entries, world-writable entries, and trees that expand past the signed size,
+entry count or depth. Every refusal names the entry.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import zstandard
 
 from fleetup._atomic import storage_error
 from fleetup._manifest import Entry, EntryType, TreeManifest
+from fleetup._paths import MAX_DEPTH
 from fleetup._treewriter import TreeWriter
 from fleetup.errors import ArchiveError, SourceTreeError, UnsafeArchiveError
 
@@ -103,6 +104,7 @@ class _HashingReader:
 
 
 def extract_archive(source: BinaryIO, dest: Path, *, max_size: int, max_entries: int,
+                    max_depth: int = MAX_DEPTH,
                     on_progress: Callable[[int], None] | None = None) -> TreeManifest:
     """Unpack a tar.zst from ``source`` into the new directory ``dest``.
 
@@ -116,7 +118,7 @@ def extract_archive(source: BinaryIO, dest: Path, *, max_size: int, max_entries:
         StorageError: the disk refused (full, read-only).
     """
     writer = TreeWriter(dest, max_size=max_size, max_entries=max_entries,
-                        on_progress=on_progress)
+                        max_depth=max_depth, on_progress=on_progress)
     decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
     budget = max_size + max_entries * _ENTRY_OVERHEAD + _ARCHIVE_OVERHEAD
     try:

@@ -112,6 +112,7 @@ from fleetup._delta_plan import (
     zdict_context,
 )
 from fleetup._manifest import Entry, EntryType, TreeManifest
+from fleetup._paths import MAX_DEPTH
 from fleetup._treewriter import TreeWriter
 from fleetup.errors import DeltaError, IntegrityError, StorageError, UnsafeArchiveError
 
@@ -346,7 +347,7 @@ class _Files:
 
 
 def apply_delta(patch: BinaryIO, old_dir: Path, old: TreeManifest, dest: Path, *,
-                max_size: int, max_entries: int,
+                max_size: int, max_entries: int, max_depth: int = MAX_DEPTH,
                 on_progress: Callable[[int], None] | None = None) -> TreeManifest:
     """Rebuild the new tree into the new directory ``dest`` from ``old_dir`` and a patch.
 
@@ -376,7 +377,7 @@ def apply_delta(patch: BinaryIO, old_dir: Path, old: TreeManifest, dest: Path, *
             raise UnsafeArchiveError(f"patch makes a tree of {recipe.count} entries, more "
                                      f"than the signed {max_entries}")
         writer = TreeWriter(dest, max_size=max_size, max_entries=max_entries,
-                            on_progress=on_progress)
+                            max_depth=max_depth, on_progress=on_progress)
         _write_tree(recipe, patch, writer, _Installed(old_dir, old))
         return writer.finish()
     except (zstandard.ZstdError, lzma.LZMAError) as e:

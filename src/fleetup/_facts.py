@@ -28,6 +28,7 @@ from typing import Any
 
 from packaging.version import Version
 
+from fleetup._paths import MAX_DEPTH
 from fleetup._versions import UpdateType, parse_version
 from fleetup.errors import RepositoryError, UsageError, VersionError
 
@@ -197,6 +198,9 @@ class ReleaseFacts:
     yank_reason: str = ""
     rollout: PhasedRollout | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # How many levels deep the tree goes; releases signed before it was a fact lack it
+    # (the agent then bounds depth by ``MAX_DEPTH`` alone).
+    tree_depth: int | None = None
 
     @property
     def parsed_version(self) -> Version:
@@ -205,6 +209,13 @@ class ReleaseFacts:
     @property
     def target_path(self) -> str:
         return release_target_path(self.app, self.platform, self.version)
+
+    @property
+    def depth_bound(self) -> int:
+        """The deepest a tree of this release may go: signed, and never past MAX_DEPTH."""
+        if self.tree_depth is None:
+            return MAX_DEPTH
+        return min(self.tree_depth, MAX_DEPTH)
 
     def yank(self, reason: str) -> ReleaseFacts:
         return replace(self, yanked=True, yank_reason=reason)
@@ -216,7 +227,8 @@ class ReleaseFacts:
             "platform": self.platform, "channels": list(self.channels),
             "type": self.update_type.value, "notes": self.notes,
             "tree": {"digest": self.tree_digest, "size": self.tree_size,
-                     "entries": self.tree_entries},
+                     "entries": self.tree_entries,
+                     **({} if self.tree_depth is None else {"depth": self.tree_depth})},
             "published": self.published, "min_from": self.min_from,
             "health": self.health.to_dict() if self.health else None,
             "yanked": self.yanked, "yank_reason": self.yank_reason,
@@ -253,6 +265,7 @@ class ReleaseFacts:
                 yank_reason=str(body.get("yank_reason") or ""),
                 rollout=PhasedRollout.from_dict(body["rollout"]) if body.get("rollout") else None,
                 extra=dict(body.get("extra") or {}),
+                tree_depth=_nonneg(tree["depth"]) if "depth" in tree else None,
             )
         except (KeyError, TypeError, ValueError, OverflowError, UsageError, VersionError) as e:
             raise RepositoryError(f"malformed release facts in {path or 'target'}: {e}") from e

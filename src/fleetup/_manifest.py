@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from fleetup._paths import PathRejectedError, check_member_path, link_escapes
+from fleetup._paths import PathRejectedError, check_member_path, link_escapes, path_depth
 from fleetup.errors import SourceTreeError
 
 __all__ = ["Entry", "EntryType", "TreeManifest", "hash_file", "scan_tree"]
@@ -87,6 +87,10 @@ class TreeManifest:
         """Total bytes of regular files: what unpacking writes."""
         return sum(e.size for e in self.entries)
 
+    def depth(self) -> int:
+        """How many levels deep the tree goes (0 when empty): a signed bound on unpacking."""
+        return max((path_depth(e.path) for e in self.entries), default=0)
+
     def digest(self) -> str:
         """``sha256:<hex>`` over the canonical JSON of the entries."""
         return "sha256:" + hashlib.sha256(self.to_json()).hexdigest()
@@ -146,7 +150,8 @@ def scan_tree(root: Path) -> TreeManifest:
 
     Raises:
         SourceTreeError: ``root`` is missing or unreadable, holds a device, FIFO or
-            socket, or a symlink that leads outside the tree.
+            socket, a world-writable file or directory, a name too long or too deep
+            (see ``_paths``), or a symlink that leads outside the tree.
     """
     if not root.is_dir():
         raise SourceTreeError(f"not a directory: {root}")
@@ -173,6 +178,9 @@ def _walk(root: Path) -> Iterator[Entry]:
             except PathRejectedError as e:
                 raise SourceTreeError(f"{rel!r}: {e}") from None
             st = full.lstat()
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o002:
+                raise SourceTreeError(f"{rel}: world-writable (mode {stat.S_IMODE(st.st_mode):o});"
+                                      " devices refuse it: chmod o-w")
             if stat.S_ISLNK(st.st_mode):
                 yield Entry(rel, EntryType.LINK, 0o777, target=os.readlink(full))
             elif stat.S_ISDIR(st.st_mode):

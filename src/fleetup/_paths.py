@@ -11,9 +11,16 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Mapping
 
-__all__ = ["PathRejectedError", "check_member_path", "link_escapes", "parent_through_link"]
+__all__ = ["MAX_DEPTH", "MAX_NAME", "MAX_PATH", "PathRejectedError", "check_member_path",
+           "link_escapes", "parent_through_link", "path_depth"]
 
 _MAX_LINK_HOPS = 40  # like the kernel's MAXSYMLINKS
+# Absolute bounds on any tree fleetup publishes or unpacks, whatever is signed: the
+# kernel's NAME_MAX and PATH_MAX, and a depth far past real trees but far below what
+# breaks recursive tools (Python's recursion limit is ~1000).
+MAX_NAME = 255
+MAX_PATH = 4095
+MAX_DEPTH = 128
 
 
 class PathRejectedError(ValueError):
@@ -24,7 +31,8 @@ def check_member_path(name: str) -> str:
     """Return ``name`` normalized, or raise :class:`PathRejectedError`.
 
     Refused: empty names, absolute paths, ``..`` components, NUL bytes, backslashes
-    (which some tools treat as separators), and names that normalize to the root.
+    (which some tools treat as separators), names that normalize to the root, and
+    names longer or deeper than :data:`MAX_NAME`, :data:`MAX_PATH`, :data:`MAX_DEPTH`.
     """
     if not name or "\x00" in name:
         raise PathRejectedError("empty name or NUL byte")
@@ -37,7 +45,19 @@ def check_member_path(name: str) -> str:
         raise PathRejectedError("'..' in path")
     if not parts:
         raise PathRejectedError("path names the tree root")
-    return "/".join(parts)
+    path = "/".join(parts)
+    if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH:
+        raise PathRejectedError(f"path longer than {MAX_PATH} bytes")
+    if any(len(p.encode("utf-8", "surrogateescape")) > MAX_NAME for p in parts):
+        raise PathRejectedError(f"a name longer than {MAX_NAME} bytes")
+    if len(parts) > MAX_DEPTH:
+        raise PathRejectedError(f"deeper than {MAX_DEPTH} levels")
+    return path
+
+
+def path_depth(path: str) -> int:
+    """How many levels deep a normalized member path is (``a`` is 1, ``a/b`` is 2)."""
+    return path.count("/") + 1
 
 
 def link_escapes(path: str, target: str, links: Mapping[str, str]) -> bool:

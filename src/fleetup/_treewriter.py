@@ -3,8 +3,10 @@
 Both ways a device builds a tree go through here: unpacking an archive and applying a
 delta. Input is hostile until its digest matches the signed one, so the writer refuses
 ``..``, absolute paths, writing through a symlink, links leading outside the tree,
-duplicate entries, entries whose parent is missing, and more bytes or entries than the
-signed facts allow. It hashes every file as it writes it and returns the manifest.
+duplicate entries, entries whose parent is missing, world-writable files and
+directories, and more bytes, entries or levels than the signed facts allow (so nothing
+unverified creates unbounded structure). It hashes every file as it writes it and
+returns the manifest.
 """
 
 from __future__ import annotations
@@ -13,14 +15,19 @@ import contextlib
 import functools
 import hashlib
 import os
-import shutil
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from fleetup._atomic import storage_error
 from fleetup._manifest import Entry, EntryType, TreeManifest
-from fleetup._paths import PathRejectedError, check_member_path, link_escapes, parent_through_link
+from fleetup._paths import (
+    MAX_DEPTH,
+    PathRejectedError,
+    check_member_path,
+    link_escapes,
+    parent_through_link,
+    path_depth,
+)
 from fleetup.errors import UnsafeArchiveError
 
 __all__ = ["TreeWriter", "remove_tree"]
@@ -37,10 +44,12 @@ class TreeWriter:
     """
 
     def __init__(self, dest: Path, *, max_size: int, max_entries: int,
+                 max_depth: int = MAX_DEPTH,
                  on_progress: Callable[[int], None] | None = None) -> None:
         self.dest = dest
         self.max_size = max_size
         self.max_entries = max_entries
+        self.max_depth = min(max_depth, MAX_DEPTH)
         self.on_progress = on_progress
         self.written = 0
         self.entries: dict[str, Entry] = {}
@@ -51,7 +60,7 @@ class TreeWriter:
             raise storage_error(e, f"create {dest}") from e
 
     def add_dir(self, name: str, mode: int) -> None:
-        path = self._claim(name)
+        path = self._claim(name, mode)
         self._io(lambda: (self.dest / path).mkdir(mode=0o700), path)
         self.entries[path] = Entry(path, EntryType.DIR, mode & 0o777)
 
@@ -63,7 +72,7 @@ class TreeWriter:
 
     def add_file(self, name: str, mode: int, size: int, chunks: Iterable[bytes]) -> Entry:
         """Write a regular file of the declared ``size`` from ``chunks``."""
-        path = self._claim(name)
+        path = self._claim(name, mode)
         if self.written + size > self.max_size:
             raise UnsafeArchiveError(
                 f"{path}: tree expands past the signed size of {self.max_size} bytes")
@@ -102,11 +111,18 @@ class TreeWriter:
             self._io(functools.partial(os.chmod, self.dest / entry.path, entry.mode), entry.path)
         return TreeManifest.of(self.entries.values())
 
-    def _claim(self, name: str) -> str:
+    def _claim(self, name: str, mode: int = 0) -> str:
         try:
             path = check_member_path(name)
         except PathRejectedError as e:
             raise UnsafeArchiveError(f"{name!r}: {e}") from None
+        if path_depth(path) > self.max_depth:
+            raise UnsafeArchiveError(
+                f"{path}: deeper than the signed {self.max_depth} levels")
+        if mode & 0o002:
+            # Any local user could change (or, in a directory, add to) code the agent
+            # runs; a sticky bit does not help inside an immutable release tree.
+            raise UnsafeArchiveError(f"{path}: world-writable (mode {mode & 0o7777:o})")
         if len(self.entries) >= self.max_entries:
             raise UnsafeArchiveError(
                 f"{path}: more entries than the signed {self.max_entries}")
@@ -129,22 +145,40 @@ class TreeWriter:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a directory tree, also one a hostile archive left read-only."""
+    """Remove a directory tree, also one a hostile archive left read-only or deep.
+
+    Iterative, with an explicit stack: a tree thousands of levels deep (which no
+    recursion limit survives, ``shutil.rmtree``'s included) goes like any other.
+    Symlinks are removed, never followed.
+
+    Raises:
+        OSError: the disk refused; what could be removed is gone.
+    """
     if path.is_symlink() or path.is_file():
         path.unlink()
         return
     if not path.exists():
         return
+    stack = [str(path)]
+    while stack:
+        top = stack[-1]
+        subdirs = _remove_files_in(top)
+        if subdirs:
+            stack.extend(subdirs)
+        else:
+            os.rmdir(top)
+            stack.pop()
 
-    def _retry_writable(func: Callable[[str], object], p: str, *_: object) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-        with contextlib.suppress(OSError):
-            if not os.path.islink(p):
-                os.chmod(p, 0o700)
-        func(p)
 
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=_retry_writable)
-    else:  # pragma: no cover - exercised on 3.11 only
-        shutil.rmtree(path, onerror=_retry_writable)
+def _remove_files_in(directory: str) -> list[str]:
+    """Unlink the files and links in ``directory``; return its subdirectories."""
+    with contextlib.suppress(OSError):  # a read-only or unreadable directory
+        os.chmod(directory, 0o700)
+    subdirs = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.path)
+            else:
+                os.unlink(entry.path)
+    return subdirs

@@ -38,11 +38,49 @@ def test_written_tree_matches_its_returned_manifest(tmp_path: Path) -> None:
 def test_modes_are_reduced_to_permission_bits(tmp_path: Path) -> None:
     w = writer(tmp_path)
     w.add_file("suid", 0o4755, 0, [])
-    w.add_dir("sticky", 0o1777)
+    w.add_dir("sgid", 0o2775)
     manifest = w.finish()
     assert (tmp_path / "dest/suid").stat().st_mode & 0o7777 == 0o755
-    assert (tmp_path / "dest/sticky").stat().st_mode & 0o7777 == 0o777
-    assert {e.mode for e in manifest.entries} == {0o755, 0o777}
+    assert (tmp_path / "dest/sgid").stat().st_mode & 0o7777 == 0o775
+    assert {e.mode for e in manifest.entries} == {0o755, 0o775}
+
+
+@pytest.mark.parametrize(("kind", "mode"), [("dir", 0o1777), ("dir", 0o777), ("file", 0o666)])
+def test_world_writable_entries_are_refused(tmp_path: Path, kind: str, mode: int) -> None:
+    w = writer(tmp_path)
+    add = (lambda: w.add_dir("x", mode)) if kind == "dir" else (
+        lambda: w.add_file("x", mode, 0, []))
+    with pytest.raises(UnsafeArchiveError, match=rf"^x: world-writable \(mode {mode:o}\)"):
+        add()
+
+
+def test_deeper_than_the_signed_depth_is_refused(tmp_path: Path) -> None:
+    w = TreeWriter(tmp_path / "dest", max_size=0, max_entries=10, max_depth=2)
+    w.add_dir("a", 0o755)
+    w.add_dir("a/b", 0o755)
+    with pytest.raises(UnsafeArchiveError, match=r"^a/b/c: deeper than the signed 2 levels"):
+        w.add_dir("a/b/c", 0o755)
+
+
+def test_remove_tree_removes_a_tree_deeper_than_the_recursion_limit(tmp_path: Path) -> None:
+    root = tmp_path / "deep"
+    path = str(root)
+    os.mkdir(path)
+    for _ in range(1500):  # what shutil.rmtree dies on (RecursionError)
+        path += "/d"
+        os.mkdir(path)
+    Path(path, "f").write_bytes(b"x")
+    os.chmod(path, 0o500)
+    try:
+        remove_tree(root)
+        assert not root.exists()
+    finally:  # never leave pytest (whose clean-up recurses) a tree it cannot remove
+        if root.exists():
+            os.chmod(path, 0o700)
+            os.unlink(path + "/f")
+            while path != str(root.parent):
+                os.rmdir(path)
+                path = os.path.dirname(path)
 
 
 def test_more_data_than_declared_is_refused_while_streaming(tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ from fleetup.agent._install import (
     remove_release,
     tree_is_staged,
 )
-from fleetup.agent._lifecycle import RESUME, Event, Journal, Kind, State
+from fleetup.agent._lifecycle import MAX_RESUMES, Event, Journal, Kind, State, resumed_journal
 from fleetup.agent._store import DeviceStore
 from fleetup.agent._supervisor import CommandRestarter, NoRestarter, Restarter
 from fleetup.errors import (
@@ -275,15 +275,13 @@ class Agent:
         if journal.state is State.IDLE:
             discard_partials(self.store)
             return None
-        target = RESUME[journal.state]
         log.warning("resuming an interrupted %s of %s in state %s", journal.kind,
                     journal.target, journal.state)
-        if target is not journal.state:
-            reason = (f"interrupted in {journal.state}: back to "
-                      f"{journal.restore or 'nothing installed'}")
-            journal = replace(journal, state=target, reason=reason, blame=False,
-                               resumed=journal.resumed + 1, updated_at=_now_iso())
-            self.store.save_journal(journal)
+        given_up = journal.resumed >= MAX_RESUMES
+        journal = resumed_journal(journal, _now_iso())
+        self.store.save_journal(journal)  # counted before it runs: a crash counts too
+        if given_up:
+            log.error("the interrupted update: %s", journal.reason)
         return self._run(journal)
 
     # -- the driver ------------------------------------------------------------------

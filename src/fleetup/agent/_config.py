@@ -101,6 +101,10 @@ class DownloadConfig:
     max_backoff: float = 60.0
     bandwidth: int = 0
     deltas: bool = True
+    # A download that gets fewer than stall_bytes in stall_timeout seconds is aborted
+    # (a 1 byte / 20 s trickle must not hold an update for the whole deadline).
+    stall_timeout: float = 60.0
+    stall_bytes: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +288,7 @@ def _types(raw: Mapping[str, Any], key: str, default: frozenset[UpdateType]
 
 def _download(raw: Mapping[str, Any]) -> DownloadConfig:
     _no_unknown(raw, {"timeout", "deadline", "retries", "backoff", "max_backoff",
-                      "bandwidth", "deltas"}, "download.")
+                      "bandwidth", "deltas", "stall_timeout", "stall_bytes"}, "download.")
     return DownloadConfig(
         timeout=_positive(raw, "timeout", 30.0, "download."),
         deadline=_positive(raw, "deadline", 3600.0, "download."),
@@ -292,7 +296,9 @@ def _download(raw: Mapping[str, Any]) -> DownloadConfig:
         backoff=_positive(raw, "backoff", 1.0, "download."),
         max_backoff=_positive(raw, "max_backoff", 60.0, "download."),
         bandwidth=_get(raw, "bandwidth", int, 0, prefix="download."),
-        deltas=_get(raw, "deltas", bool, True, prefix="download."))
+        deltas=_get(raw, "deltas", bool, True, prefix="download."),
+        stall_timeout=_positive(raw, "stall_timeout", 60.0, "download."),
+        stall_bytes=_get(raw, "stall_bytes", int, 1024, prefix="download."))
 
 
 def _process(raw: Mapping[str, Any]) -> ProcessConfig:

@@ -4,7 +4,9 @@ python-tuf verifies every byte but leaves the transport to its fetcher. Devices 
 behind proxies, on metered links that drop, and a whole fleet retrying in step can
 flatten a CDN. This module exists so that every download the agent makes:
 
-- has a per-read timeout and an overall deadline (past it: ``SlowRetrievalError``);
+- has a per-read timeout, a stall timeout (fewer than ``stall_bytes`` in
+  ``stall_timeout`` seconds: aborted, not retried) and an overall deadline (past
+  either: ``SlowRetrievalError``);
 - retries connection errors, timeouts and HTTP 5xx/408/429 with exponential backoff and
   full jitter, honouring ``Retry-After``, within a per-download attempt limit and a
   :class:`RetryBudget` shared by all downloads (an outage fails fast, not in a storm);
@@ -26,6 +28,7 @@ One download at a time per fetcher: the agent is single-threaded by design.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -94,18 +97,20 @@ class FetchSettings:
     retry_budget: float = 20.0
     retry_refill: float = 0.5
     rate_limit: int | None = None
+    stall_timeout: float = 60.0
+    stall_bytes: int = 1024
     user_agent: str = f"fleetup/{__version__} python-tuf/{tuf.__version__}"
 
     def __post_init__(self) -> None:
         positive = {"connect_timeout": self.connect_timeout, "read_timeout": self.read_timeout,
                     "deadline": self.deadline, "max_attempts": self.max_attempts,
-                    "backoff_cap": self.backoff_cap}
+                    "backoff_cap": self.backoff_cap, "stall_timeout": self.stall_timeout}
         for name, value in positive.items():
             if value <= 0:
                 raise UsageError(f"download setting {name} must be positive, got {value}")
         if self.rate_limit is not None and self.rate_limit <= 0:
             raise UsageError(f"the bandwidth cap must be positive, got {self.rate_limit}")
-        if min(self.backoff_base, self.retry_budget, self.retry_refill) < 0:
+        if min(self.backoff_base, self.retry_budget, self.retry_refill, self.stall_bytes) < 0:
             raise UsageError("backoff and retry budget settings cannot be negative")
 
 
@@ -197,6 +202,30 @@ def _retryable(message: str, cause: BaseException | None = None,
     error = exceptions.DownloadError(message)
     error.__cause__ = cause
     return _Retryable(error, retry_after, immediate)
+
+
+class _StallWatch:
+    """Aborts a body that makes no real progress: fewer than ``min_bytes`` arriving in
+    any ``timeout`` seconds (a trickle that each read timeout alone would let through)."""
+
+    def __init__(self, clock: Clock, timeout: float, min_bytes: int) -> None:
+        self._clock = clock
+        self._timeout = timeout
+        self._min_bytes = min_bytes
+        self._since = clock()
+        self._got = 0
+
+    def saw(self, size: int, url: str) -> None:
+        """Count ``size`` bytes that arrived. Raises SlowRetrievalError on a stall."""
+        self._got += size
+        now = self._clock()
+        if now - self._since < self._timeout:
+            return
+        if self._got < self._min_bytes:
+            raise exceptions.SlowRetrievalError(
+                f"{url} stalled: {self._got} bytes in {now - self._since:.0f} s, fewer than "
+                f"{self._min_bytes} (download.stall_timeout = {self._timeout:g} s)")
+        self._since, self._got = now, 0
 
 
 @dataclass(slots=True)
@@ -329,8 +358,10 @@ class HttpxFetcher(FetcherInterface):
                 self._download_into(file, url, max_length)
             except exceptions.DownloadLengthMismatchError:
                 raise
-            except BaseException:
-                discard = file.tell() == 0  # keep what arrived: the next try resumes
+            except BaseException as e:
+                # Keep what arrived, for the next try to resume, unless the disk is full:
+                # then the .part is what fills it.
+                discard = _disk_full(e) or file.tell() == 0
                 raise
             file.seek(0)
             try:
@@ -341,9 +372,14 @@ class HttpxFetcher(FetcherInterface):
                 discard = isinstance(e, Exception)
                 raise
         finally:
-            file.close()
-            if discard:
-                part.unlink(missing_ok=True)
+            try:
+                file.close()  # flushes: may be where the full disk shows
+            except OSError as e:
+                discard = discard or _disk_full(e)
+                raise
+            finally:
+                if discard:
+                    part.unlink(missing_ok=True)
 
     def _download_into(self, file: IO[bytes], url: str, max_length: int) -> None:
         file.seek(0, os.SEEK_END)
@@ -421,6 +457,8 @@ class HttpxFetcher(FetcherInterface):
             with self._client.stream("GET", url, headers=self._headers(cursor.offset),
                                      timeout=self._timeout(remaining)) as response:
                 self._accept(url, response, cursor, max_length)
+                stall = _StallWatch(self._clock, self.settings.stall_timeout,
+                                    self.settings.stall_bytes)
                 # No chunk_size: bytes are passed on as they arrive, so a cut loses
                 # nothing that was received.
                 for data in response.iter_bytes():
@@ -432,6 +470,7 @@ class HttpxFetcher(FetcherInterface):
                     yield offset, data
                     self._throttle(len(data))
                     self._check_deadline(url, deadline)
+                    stall.saw(len(data), url)
         except httpx.TimeoutException as e:
             if self._clock() >= deadline:
                 raise self._too_slow(url) from e
@@ -501,6 +540,10 @@ def _contiguous(chunks: Iterator[tuple[int, bytes]]) -> Iterator[bytes]:
         if skip < len(data):
             yield data[skip:]
             position = offset + len(data)
+
+
+def _disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _describe(error: Exception) -> str:

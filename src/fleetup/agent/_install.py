@@ -2,20 +2,24 @@
 
 Building trees lives in ``_stage`` (it needs the archive and delta code); this module
 stays light for a resting daemon. Running any function here twice does no harm.
+
+Clean-ups never raise: a tree that cannot be removed now is logged and left for the
+next try, so a clean-up can never wedge the update journal (a device locked out of
+updates by a leftover it cannot delete).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+from pathlib import Path
 
 from fleetup._facts import ReleaseFacts
 from fleetup._treewriter import remove_tree
 from fleetup.agent._store import DeviceStore
-from fleetup.errors import FleetupError, StorageError
+from fleetup.errors import FleetupError
 
-__all__ = ["clear_downloads", "discard_partials", "prune_releases", "remove_release",
-           "tree_is_staged"]
+__all__ = ["clear_downloads", "discard_partials", "discard_tree", "prune_releases",
+           "remove_release", "tree_is_staged"]
 
 log = logging.getLogger("fleetup.agent")
 
@@ -31,6 +35,20 @@ def tree_is_staged(store: DeviceStore, facts: ReleaseFacts) -> bool:
     return manifest.digest() == facts.tree_digest
 
 
+def discard_tree(path: Path) -> bool:
+    """Remove ``path`` (a tree, file or link) if it can be; returns whether it is gone.
+
+    Never raises: whatever goes wrong is logged, and the caller's step moves on.
+    """
+    try:
+        remove_tree(path)
+        return True
+    except Exception as e:  # noqa: BLE001 - a clean-up must not stop the lifecycle
+        log.error("could not remove %s (left for the next try): %s: %s", path,
+                  type(e).__name__, e)
+        return False
+
+
 def discard_partials(store: DeviceStore) -> None:
     """Remove ``releases/*.partial`` left by an interrupted staging."""
     try:
@@ -38,8 +56,7 @@ def discard_partials(store: DeviceStore) -> None:
     except OSError:
         return
     for path in partials:
-        with contextlib.suppress(OSError, StorageError):
-            remove_tree(path)
+        discard_tree(path)
 
 
 def remove_release(store: DeviceStore, version: str) -> None:
@@ -47,7 +64,7 @@ def remove_release(store: DeviceStore, version: str) -> None:
     if store.installed_version() == version:
         return
     store.forget_manifest(version)
-    remove_tree(store.layout.release_dir(version))
+    discard_tree(store.layout.release_dir(version))
 
 
 def prune_releases(store: DeviceStore, keep: int) -> list[str]:
@@ -74,5 +91,4 @@ def clear_downloads(store: DeviceStore, keep_partial: bool = False) -> None:
     for path in files:
         if keep_partial and path.name.endswith(".part"):
             continue
-        with contextlib.suppress(OSError, StorageError):
-            remove_tree(path)
+        discard_tree(path)

@@ -31,7 +31,8 @@ from typing import Any
 
 from fleetup.errors import StateError
 
-__all__ = ["RESUME", "TRANSITIONS", "Event", "Journal", "Kind", "State", "next_state"]
+__all__ = ["GIVE_UP", "MAX_RESUMES", "RESUME", "TRANSITIONS", "Event", "Journal", "Kind", "State",
+           "next_state", "resumed_journal"]
 
 
 class State(enum.StrEnum):
@@ -105,6 +106,24 @@ RESUME: Mapping[State, State] = {
     S.ROLLED_BACK: S.ROLLED_BACK,
 }
 
+# The state-loop guard (Mender's): a cycle that was resumed more than MAX_RESUMES times
+# keeps dying in the same place (a crash in a handler, a clean-up that cannot finish),
+# and resuming it again would lock the device out of updates for good. It goes where
+# GIVE_UP says instead, so the next run starts clean.
+MAX_RESUMES = 5
+GIVE_UP: Mapping[State, State] = {
+    S.IDLE: S.IDLE,
+    S.DOWNLOADING: S.FAILED,      # nothing was switched; a .part is kept to resume from
+    S.VERIFIED: S.FAILED,
+    S.STAGED: S.ROLLING_BACK,     # ``current`` may already point at the new tree
+    S.SWITCHED: S.ROLLING_BACK,
+    S.HEALTH_CHECKING: S.ROLLING_BACK,
+    S.ROLLING_BACK: S.ROLLING_BACK,  # the way back to a working version is never dropped
+    S.COMMITTED: S.IDLE,          # recording keeps failing: drop the record, not the device
+    S.FAILED: S.IDLE,
+    S.ROLLED_BACK: S.IDLE,
+}
+
 # States in which a stop request waits for the step to finish: the app is switched
 # and must end committed or rolled back, not half way.
 FINISH_BEFORE_STOP = frozenset({S.SWITCHED, S.HEALTH_CHECKING, S.COMMITTED,
@@ -121,6 +140,26 @@ def next_state(state: State, event: Event) -> State:
         return TRANSITIONS[(state, event)]
     except KeyError:
         raise StateError(f"no transition from {state} on {event}") from None
+
+
+def resumed_journal(journal: Journal, now: str) -> Journal:
+    """The journal a run continues with, having found ``journal`` unfinished: counted as
+    one more resume, moved by ``RESUME`` (or by ``GIVE_UP`` past ``MAX_RESUMES``)."""
+    resumed = journal.resumed + 1
+    state = journal.state
+    if resumed > MAX_RESUMES:
+        target = GIVE_UP[state]
+        reason = (f"gave up after {MAX_RESUMES} interrupted tries in {state}"
+                  + (f" ({journal.reason})" if journal.reason else ""))
+    elif RESUME[state] is not state:
+        target = RESUME[state]
+        reason = f"interrupted in {state}: back to {journal.restore or 'nothing installed'}"
+    else:
+        return replace(journal, resumed=resumed, updated_at=now)
+    if target is S.IDLE:
+        return Journal(updated_at=now, reason=reason)
+    return replace(journal, state=target, reason=reason, blame=False, resumed=resumed,
+                   updated_at=now)
 
 
 class Kind(enum.StrEnum):

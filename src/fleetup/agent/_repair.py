@@ -38,7 +38,8 @@ def repair_tree(store: DeviceStore, facts: ReleaseFacts, archive: Path) -> None:
     try:
         with archive.open("rb") as f:
             good = extract_archive(f, fresh, max_size=facts.tree_size,
-                                   max_entries=facts.tree_entries)
+                                   max_entries=facts.tree_entries,
+                                   max_depth=facts.depth_bound)
         if good.digest() != facts.tree_digest:
             raise IntegrityError(f"the downloaded {facts.version} does not match its signed digest")
         _mend(target, fresh, good)

@@ -8,7 +8,6 @@ Running it twice does no harm: a complete, verified tree is left alone, a stale
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import queue
@@ -24,9 +23,9 @@ from fleetup._delta import apply_delta
 from fleetup._facts import ReleaseFacts
 from fleetup._manifest import TreeManifest
 from fleetup._treewriter import remove_tree
-from fleetup.agent._install import tree_is_staged
+from fleetup.agent._install import discard_tree, tree_is_staged
 from fleetup.agent._store import DeviceStore
-from fleetup.errors import ArchiveError, IntegrityError, StorageError
+from fleetup.errors import ArchiveError, IntegrityError
 
 __all__ = ["StreamingUnpack", "stage_archive", "stage_delta"]
 
@@ -46,7 +45,8 @@ def stage_archive(store: DeviceStore, facts: ReleaseFacts, archive: Path,
         try:
             with archive.open("rb") as f:
                 return extract_archive(f, dest, max_size=facts.tree_size,
-                                       max_entries=facts.tree_entries, on_progress=progress)
+                                       max_entries=facts.tree_entries,
+                                       max_depth=facts.depth_bound, on_progress=progress)
         except OSError as e:
             raise storage_error(e, f"read {archive}") from e
 
@@ -69,7 +69,8 @@ def stage_delta(store: DeviceStore, facts: ReleaseFacts, patch: Path, base_versi
         try:
             with patch.open("rb") as f:
                 return apply_delta(f, base_dir, base_manifest, dest, max_size=facts.tree_size,
-                                   max_entries=facts.tree_entries, on_progress=progress)
+                                   max_entries=facts.tree_entries,
+                                   max_depth=facts.depth_bound, on_progress=progress)
         except OSError as e:
             raise storage_error(e, f"read {patch}") from e
 
@@ -81,17 +82,19 @@ def _stage(store: DeviceStore, facts: ReleaseFacts,
     if tree_is_staged(store, facts):
         return
     layout = store.layout
-    remove_tree(layout.release_dir(facts.version))
     partial = layout.partial_dir(facts.version)
-    remove_tree(partial)
+    for stale in (layout.release_dir(facts.version), partial):
+        try:
+            remove_tree(stale)
+        except OSError as e:
+            raise storage_error(e, f"remove the stale {stale}") from e
     try:
         _install_partial(store, facts, build(partial))
     except OSError as e:
-        remove_tree(partial)
+        discard_tree(partial)
         raise storage_error(e, f"install {facts.version}") from e
     except BaseException:
-        with contextlib.suppress(OSError, StorageError):
-            remove_tree(partial)
+        discard_tree(partial)
         raise
 
 
@@ -138,11 +141,14 @@ class StreamingUnpack:
         self._abandoned = False
         self._manifest: TreeManifest | None = None
         self.error: BaseException | None = None
-        remove_tree(store.layout.release_dir(facts.version))
-        remove_tree(self.partial)
         self._worker = threading.Thread(target=self._unpack, name="fleetup-unpack",
                                         daemon=True)
-        self._worker.start()
+        # A stale tree that cannot go only costs the overlap: the stage step unpacks.
+        if discard_tree(store.layout.release_dir(facts.version)) and \
+                discard_tree(self.partial):
+            self._worker.start()
+        else:
+            self._abandoned = True
 
     def __call__(self, offset: int, data: bytes) -> None:
         if self._abandoned:
@@ -171,7 +177,8 @@ class StreamingUnpack:
             reader = cast("BinaryIO", _QueueReader(self._queue))
             self._manifest = extract_archive(reader, self.partial,
                                              max_size=self.facts.tree_size,
-                                             max_entries=self.facts.tree_entries)
+                                             max_entries=self.facts.tree_entries,
+                                             max_depth=self.facts.depth_bound)
         except BaseException as e:  # noqa: BLE001 - reported through accept()
             self.error = e
             while True:  # drain, so the download never waits on a dead worker
@@ -184,7 +191,7 @@ class StreamingUnpack:
         """After python-tuf verified the archive: install the tree if it is complete and
         the signed one. Returns whether it did; the caller stages normally otherwise."""
         self._put(self._EOF)
-        self._worker.join()
+        self._join()
         manifest = self._manifest
         try:
             if self._abandoned or manifest is None or \
@@ -195,15 +202,17 @@ class StreamingUnpack:
         except (OSError, IntegrityError):
             return False
         finally:
-            with contextlib.suppress(OSError, StorageError):
-                remove_tree(self.partial)
+            discard_tree(self.partial)
 
     def discard(self) -> None:
         """The download failed: stop the worker and remove what it built."""
         self._abandon()
-        self._worker.join()
-        with contextlib.suppress(OSError, StorageError):
-            remove_tree(self.partial)
+        self._join()
+        discard_tree(self.partial)
+
+    def _join(self) -> None:
+        if self._worker.ident is not None:  # never started when a stale tree stayed
+            self._worker.join()
 
 
 class _QueueReader(io.RawIOBase):

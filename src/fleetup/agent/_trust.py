@@ -176,7 +176,8 @@ def fetch_settings(download: DownloadConfig) -> FetchSettings:
         connect_timeout=download.timeout, read_timeout=download.timeout,
         deadline=download.deadline, max_attempts=download.retries + 1,
         backoff_base=download.backoff, backoff_cap=download.max_backoff,
-        rate_limit=download.bandwidth or None)
+        rate_limit=download.bandwidth or None, stall_timeout=download.stall_timeout,
+        stall_bytes=download.stall_bytes)
 
 
 # -- the Updater set-up --------------------------------------------------------------

@@ -255,7 +255,7 @@ def _facts_for(request: ReleaseRequest, version: Version, manifest: TreeManifest
         channels=tuple(dict.fromkeys(request.channels)), update_type=update_type,
         tree_digest=manifest.digest(), tree_size=manifest.size,
         tree_entries=len(manifest.entries), published=now.isoformat(),
-        notes=request.notes, health=request.health,
+        tree_depth=manifest.depth(), notes=request.notes, health=request.health,
         min_from=str(parse_version(request.min_from)) if request.min_from else None,
         rollout=rollout)
 

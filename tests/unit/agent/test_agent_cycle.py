@@ -25,7 +25,7 @@ from fleetup.agent import Agent, Result
 from fleetup.agent._config import DownloadConfig, MaintenanceWindow, PolicyConfig
 from fleetup.agent._director import AgentEvent
 from fleetup.agent._install import prune_releases
-from fleetup.agent._lifecycle import Journal, Kind, State
+from fleetup.agent._lifecycle import MAX_RESUMES, Journal, Kind, State
 from fleetup.agent._stage import stage_archive
 from fleetup.errors import HealthCheckError, NetworkError, StateError, UsageError
 from fleetup.repository import (
@@ -625,6 +625,49 @@ def test_resume_with_nothing_interrupted(device: Device) -> None:
     partial.mkdir()
     assert device.agent.resume() is None
     assert not partial.exists()
+
+
+def test_a_cycle_that_dies_in_the_same_place_gives_up_and_the_next_run_starts_clean(
+        device: Device, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mender's state-loop guard: a handler that crashes every run (here the stage step)
+    must not lock the device out of updates for good."""
+    from fleetup.agent import _stage
+
+    def crash(*_: object, **__: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    downloaded = device.agent.store.layout.downloads / "hello-1.1.tar.zst"
+    shutil.copyfile(device.archive("1.1"), downloaded)
+    device.journal(State.VERIFIED, artifact="full", artifact_path=str(downloaded))
+    monkeypatch.setattr(_stage, "stage_archive", crash)
+    for _ in range(MAX_RESUMES):
+        with pytest.raises(RecursionError):
+            device.agent.resume()
+    outcome = device.agent.resume()
+    assert outcome is not None
+    assert outcome.result is Result.FAILED
+    assert outcome.reason.startswith(f"gave up after {MAX_RESUMES} interrupted tries")
+    assert device.agent.store.load_journal().state is State.IDLE
+    assert last(device.agent)["result"] == "failed"
+    monkeypatch.undo()
+    assert device.agent.update().result is Result.INSTALLED
+    assert_installed(device.agent, device.repo, "1.1")
+
+
+def test_a_clean_up_that_fails_does_not_stop_the_cycle(
+        device: Device, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleetup.agent import _install
+
+    partial = device.agent.store.layout.partial_dir("9.9")
+    partial.mkdir()
+
+    def refuse(path: Path) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(_install, "remove_tree", refuse)
+    assert device.agent.update().result is Result.INSTALLED
+    assert device.agent.store.load_journal().state is State.IDLE
+    assert partial.exists()  # left for the next try, logged
 
 
 def test_resume_an_interrupted_download(device: Device) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -495,3 +496,40 @@ def test_the_tee_sees_every_byte_with_its_offset_and_a_resume_shows_its_gap(
     with again.teeing(lambda offset, data: resumed.append(offset)):
         assert download(again) == DATA
     assert resumed[0] == 3000  # the bytes before it are not coming: a gap
+
+
+# -- stalls and a full disk ------------------------------------------------------------
+
+
+def test_a_download_that_stalls_is_aborted_and_keeps_what_arrived(clock: FakeClock,
+                                                                   tmp_path: Path) -> None:
+    # 10 bytes a second: every read arrives well within its timeout, yet it is a stall.
+    def trickle(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=chunks(DATA, 10, clock=clock, tick=1.0))
+
+    fetcher = make_fetcher(Script(trickle), clock, tmp_path, stall_timeout=60,
+                           stall_bytes=1024)
+    with pytest.raises(exceptions.SlowRetrievalError,
+                       match=r"stalled: \d+ bytes in \d+ s, fewer than 1024 "
+                             r"\(download.stall_timeout = 60 s\)"):
+        download(fetcher)
+    assert 0 < part_of(tmp_path).stat().st_size < 1024  # the next cycle resumes from it
+
+
+def test_a_slow_download_that_progresses_is_not_a_stall(clock: FakeClock,
+                                                        tmp_path: Path) -> None:
+    def slow(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=chunks(DATA, 1000, clock=clock, tick=30.0))
+
+    fetcher = make_fetcher(Script(slow), clock, tmp_path, stall_timeout=60, stall_bytes=1024)
+    assert download(fetcher) == DATA
+
+
+def test_a_download_that_fills_the_disk_leaves_no_part_file(clock: FakeClock,
+                                                            tmp_path: Path) -> None:
+    # /dev/full answers every write with ENOSPC: the kernel's own full disk.
+    part_of(tmp_path).symlink_to("/dev/full")
+    fetcher = make_fetcher(Script(serve(DATA)), clock, tmp_path)
+    with pytest.raises(OSError, match="No space left on device"):
+        download(fetcher)
+    assert not os.path.lexists(part_of(tmp_path))

@@ -17,6 +17,8 @@ import pytest
 from fleetup.agent import _agent
 from fleetup.agent._lifecycle import (
     FINISH_BEFORE_STOP,
+    GIVE_UP,
+    MAX_RESUMES,
     RESUME,
     TRANSITIONS,
     Event,
@@ -24,6 +26,7 @@ from fleetup.agent._lifecycle import (
     Kind,
     State,
     next_state,
+    resumed_journal,
 )
 from fleetup.errors import StateError
 
@@ -222,3 +225,33 @@ def test_a_journal_from_an_older_agent_without_new_fields_still_loads() -> None:
 def test_a_corrupt_journal_is_a_state_error(data: bytes) -> None:
     with pytest.raises(StateError, match="journal is corrupt"):
         Journal.from_json(data)
+
+
+# -- the state-loop guard ---------------------------------------------------------------
+
+
+def test_every_resume_is_counted() -> None:
+    journal = Journal(state=S.DOWNLOADING, target="1.1", resumed=2)
+    assert resumed_journal(journal, "now").resumed == 3
+
+
+@pytest.mark.parametrize("state", list(State))
+def test_a_journal_resumed_too_often_gives_up_to_a_state_that_never_runs_the_new_release(
+        state: State) -> None:
+    journal = Journal(state=state, target="1.1", restore="1.0", resumed=MAX_RESUMES)
+    given_up = resumed_journal(journal, "now")
+    assert given_up.state is GIVE_UP[state]
+    # Past the switch the way back is the only way; before it nothing may move forward.
+    assert given_up.state in {S.FAILED, S.ROLLING_BACK, S.IDLE}
+    if state in BEFORE_SWITCH - {S.STAGED}:
+        assert given_up.state is S.FAILED
+        assert given_up.reason.startswith(f"gave up after {MAX_RESUMES} interrupted tries")
+    if given_up.state is S.IDLE:
+        assert given_up.target is None  # the next run starts clean
+
+
+def test_a_journal_under_the_limit_resumes_as_before() -> None:
+    journal = Journal(state=S.HEALTH_CHECKING, target="1.1", restore="1.0", blame=True,
+                      resumed=MAX_RESUMES - 1)
+    resumed = resumed_journal(journal, "now")
+    assert (resumed.state, resumed.blame) == (RESUME[S.HEALTH_CHECKING], False)
