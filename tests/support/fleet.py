@@ -39,6 +39,9 @@ FAST = {
     "FLEETUP_SERVER_CACHE_SECONDS": "0.3",
     "FLEETUP_SERVER_ROLLOUT_TICK_SECONDS": "0.3",
     "FLEETUP_SERVER_CHECKIN_INTERVAL": "60",
+    # Tests send many refused tokens from 127.0.0.1 on purpose; the attack suite
+    # (tests/security/test_server_requests.py) sets a low limit of its own.
+    "FLEETUP_SERVER_AUTH_FAILURE_BURST": "1000000",
 }
 
 

@@ -38,11 +38,13 @@ from fleetup.errors import (
     UsageError,
 )
 from fleetup.server._alerts import AlertService
-from fleetup.server._checkin import CheckinEndpoint
+from fleetup.server._checkin import MAX_BODY, CheckinEndpoint
 from fleetup.server._db import make_engine
 from fleetup.server._fleet import Fleet
+from fleetup.server._limits import BodyLimits, body_caps
 from fleetup.server._metrics import Metrics, MetricsMiddleware, metrics_endpoint
 from fleetup.server._push import Pusher
+from fleetup.server._ratelimit import FailureLimiter
 from fleetup.server._settings import Settings
 from fleetup.server.dashboard import install_dashboard
 from fleetup.server.routes import api_router
@@ -136,6 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     fleet = Fleet(settings, engine, pusher=pusher)
     alerts = AlertService(fleet)
     metrics = Metrics(fleet.sessions, CHECKIN_PATH)
+    limiter = FailureLimiter(settings.auth_failure_burst, settings.auth_failures_per_minute)
     for directory in (settings.repo_dir / "metadata", settings.repo_dir / "targets"):
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -154,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   openapi_url="/openapi.json", docs_url="/docs", redoc_url=None)
     app.state.fleet = fleet
     app.state.metrics = metrics
+    app.state.auth_limiter = limiter
     app.include_router(api_router, prefix=API_PREFIX)
     app.mount("/repo/metadata", StaticFiles(directory=settings.repo_dir / "metadata"),
               name="repo-metadata")
@@ -173,7 +177,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, _on_unexpected)
     install_dashboard(app)  # after the handlers above: it wraps them for browsers
     app.add_middleware(CheckinEndpoint, fleet=fleet, path=CHECKIN_PATH,
-                       fast=settings.fast_checkin)
+                       fast=settings.fast_checkin, limiter=limiter)
+    # In front of the check-in fast path: a body over its cap is refused unread.
+    app.add_middleware(BodyLimits, caps=body_caps(settings, API_PREFIX, MAX_BODY),
+                       default=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times check-ins too
     return app
 

@@ -13,7 +13,8 @@ import hashlib
 import hmac
 import secrets
 
-__all__ = ["Role", "TokenKind", "hash_token", "new_token", "role_allows", "same_hash"]
+__all__ = ["Role", "TokenKind", "hash_token", "new_token", "reset_hash", "role_allows",
+           "same_hash"]
 
 
 class TokenKind(enum.StrEnum):
@@ -51,3 +52,10 @@ def hash_token(token: str) -> str:
 def same_hash(a: str, b: str) -> bool:
     """Constant-time comparison of two token hashes."""
     return hmac.compare_digest(a.encode(), b.encode())
+
+
+def reset_hash(device_id: str) -> str:
+    """The token hash of a device an operator reset: the SHA-256 of a string that is no
+    token (tokens start with their kind's prefix), so no token opens the device, it is
+    unique per device, and enrollment knows the id may be claimed again."""
+    return hash_token(f"reset:{device_id}")

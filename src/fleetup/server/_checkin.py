@@ -9,7 +9,8 @@ dependencies, for the OpenAPI document, the auth tests, and as the path used whe
 ``FLEETUP_SERVER_FAST_CHECKIN=0``):
 
 1. shed load: 503 + ``Retry-After`` beyond the in-flight / pending-update bounds;
-2. authenticate the device token (cached; see ``_fleet``);
+2. authenticate the device token (cached; see ``_fleet``), after the client address's
+   limit on failed authentication (429 + ``Retry-After``, ``_ratelimit``);
 3. parse and validate the body with pydantic (``model_validate_json``);
 4. answer from :meth:`Fleet.checkin`.
 
@@ -25,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fleetup.errors import ServerAPIError
 from fleetup.server._fleet import Fleet
+from fleetup.server._ratelimit import FailureLimiter, client_key
 from fleetup.server._schemas import CheckinRequest
 
 __all__ = ["MAX_BODY", "CheckinEndpoint"]
@@ -36,11 +38,13 @@ _JSON = [(b"content-type", b"application/json")]
 class CheckinEndpoint:
     """ASGI middleware serving ``POST path`` itself and passing everything else on."""
 
-    def __init__(self, app: ASGIApp, fleet: Fleet, path: str, fast: bool = True) -> None:
+    def __init__(self, app: ASGIApp, fleet: Fleet, path: str, fast: bool = True,
+                 limiter: FailureLimiter | None = None) -> None:
         self.app = app
         self.fleet = fleet
         self.path = path
         self.fast = fast
+        self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path:
@@ -63,8 +67,12 @@ class CheckinEndpoint:
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = _bearer(scope)
+        if token and await self._limited(scope, send):
+            return
         device = await self.fleet.device_for(token) if token else None
         if device is None:
+            if token and self.limiter is not None:
+                self.limiter.failed(_client(scope))
             message = ("unknown device token: enroll again" if token else
                        "this endpoint needs a device token (Authorization: Bearer ...)")
             await _send(send, 401, _error("unauthorized", message),
@@ -85,6 +93,21 @@ class CheckinEndpoint:
             await _send(send, e.status_code, _error(e.code, str(e)))
             return
         await _send(send, 200, answer.__pydantic_serializer__.to_json(answer))
+
+    async def _limited(self, scope: Scope, send: Send) -> bool:
+        """Answer 429 if this client failed to authenticate too often."""
+        wait = None if self.limiter is None else self.limiter.retry_after(_client(scope))
+        if wait is None:
+            return False
+        await _send(send, 429, _error("rate_limited", "too many failed sign-ins from this "
+                                      "address; try again later"),
+                    [(b"retry-after", str(max(1, round(wait))).encode())])
+        return True
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return client_key(client[0] if client else None)
 
 
 def _bearer(scope: Scope) -> str:

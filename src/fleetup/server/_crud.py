@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from fleetup.errors import ServerAPIError
-from fleetup.server._auth import Role, TokenKind, hash_token, new_token
+from fleetup.server._auth import Role, TokenKind, hash_token, new_token, reset_hash, same_hash
 from fleetup.server._models import (
     AuditEntry,
     Channel,
@@ -165,11 +165,16 @@ def list_enrollment_tokens(session: Session) -> list[EnrollmentToken]:
 
 
 def enroll_device(session: Session, *, enrollment_token: str, device_id: str, app: str,
-                  platform: str, channel: str, tags: Mapping[str, str]
-                  ) -> tuple[Device, str] | None:
+                  platform: str, channel: str, tags: Mapping[str, str],
+                  current_token: str | None = None) -> tuple[Device, str] | None:
     """Trade a valid enrollment token for a device token (``None`` if it is not valid).
 
-    Enrolling an id again (a device that lost its token) replaces its token.
+    An id already enrolled is enrolled again (its token replaced) only by the holder of
+    its current token, or once an operator reset it (:func:`reset_device`): the
+    fleet-wide enrollment token alone must not take a device over.
+
+    Raises:
+        ServerAPIError: 409 ``device_enrolled``: the id is enrolled and neither holds.
     """
     now = utcnow()
     used = session.execute(
@@ -189,11 +194,39 @@ def enroll_device(session: Session, *, enrollment_token: str, device_id: str, ap
                         tags=dict(tags), token_hash=hash_token(token), enrolled_at=now)
         session.add(device)
     else:
-        session.add(RevokedToken(token_hash=device.token_hash, revoked_at=now))
+        _check_may_enroll_again(device, current_token)
+        if device.token_hash != reset_hash(device.id):
+            session.add(RevokedToken(token_hash=device.token_hash, revoked_at=now))
         device.app, device.platform, device.channel = app, platform, channel
         device.tags, device.token_hash, device.enrolled_at = dict(tags), hash_token(token), now
     session.flush()
     return device, token
+
+
+def _check_may_enroll_again(device: Device, current_token: str | None) -> None:
+    if device.token_hash == reset_hash(device.id):
+        return
+    if current_token and same_hash(hash_token(current_token), device.token_hash):
+        return
+    raise ServerAPIError(
+        f"device {device.id!r} is already enrolled: enroll it again with its current "
+        f"device token, or have an admin reset it (POST /api/v1/devices/{device.id}/reset)",
+        "device_enrolled", 409)
+
+
+def reset_device(session: Session, *, device_id: str) -> Device:
+    """Revoke a device's token and let the next enrollment of its id claim it (a device
+    that lost its token, or was replaced).
+
+    Raises:
+        ServerAPIError: 404 ``not_found``.
+    """
+    device = get_or_404(session, Device, device_id, what="device")
+    if device.token_hash != reset_hash(device.id):
+        session.add(RevokedToken(token_hash=device.token_hash, revoked_at=utcnow()))
+        device.token_hash = reset_hash(device.id)
+    session.flush()
+    return device
 
 
 def find_device_by_token(session: Session, *, token_hash: str) -> Device | None:

@@ -10,6 +10,9 @@ or oversized input is a 422, never a 500.
 from __future__ import annotations
 
 import functools
+import itertools
+import json
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -114,25 +117,44 @@ Tags = Annotated[dict[TagKey, TagValue], Field(max_length=50)]
 Label = Annotated[str, StringConstraints(max_length=100)]
 
 
-def _has_nul(value: object) -> bool:
+MAX_NESTING = 32
+"""How deep any incoming message may nest. Checked without recursion before anything
+walks the message recursively: 900 levels inside an event's ``details`` used to end in
+a RecursionError (a 500)."""
+
+
+def _input_problem(value: object, max_depth: int = MAX_NESTING, depth: int = 0) -> str | None:
+    """Why ``value`` cannot be taken (a NUL in its text, nesting deeper than
+    ``max_depth``), or ``None``. The recursion stops at ``max_depth``, so no input can
+    exhaust the stack."""
     if isinstance(value, str):
-        return "\x00" in value
+        return "text may not hold a NUL character" if "\x00" in value else None
     if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_has_nul(v) for v in value)
-    return False
+        children: Iterable[object] = itertools.chain(value.keys(), value.values())
+    elif isinstance(value, list | tuple):
+        children = value
+    else:
+        return None
+    if depth >= max_depth:
+        return f"nested deeper than {max_depth} levels"
+    for child in children:
+        problem = _input_problem(child, max_depth, depth + 1)
+        if problem:
+            return problem
+    return None
 
 
 class _NoNul(BaseModel):
     """Input whose text may hold no NUL character: PostgreSQL's text and JSON cannot store
-    one, so it is refused here, on every database alike (a 422, never a 500)."""
+    one, so it is refused here, on every database alike (a 422, never a 500). Nesting is
+    bounded here too (``MAX_NESTING``)."""
 
     @model_validator(mode="before")
     @classmethod
     def _no_nul(cls, data: Any) -> Any:
-        if _has_nul(data):
-            raise ValueError("text may not hold a NUL character")
+        problem = _input_problem(data)
+        if problem:
+            raise ValueError(problem)
         return data
 
 
@@ -191,6 +213,29 @@ class CheckinResponse(BaseModel):
     next_check_seconds: int
 
 
+MAX_DETAILS_BYTES = 4096
+"""An event's ``details`` as stored, serialized: what one event may add to the database
+and to its device's page (a 100 MB ``details`` used to be stored whole)."""
+MAX_DETAILS_DEPTH = 4
+MAX_EVENTS_PER_REQUEST = 500
+"""Events in one report; the agent sends at most 200 at a time."""
+
+
+def _bounded_details(details: dict[str, Any]) -> dict[str, Any]:
+    problem = _input_problem(details, MAX_DETAILS_DEPTH)
+    if problem:
+        raise ValueError(f"details {problem}")
+    size = len(json.dumps(details, separators=(",", ":"), ensure_ascii=False,
+                          default=str).encode())
+    if size > MAX_DETAILS_BYTES:
+        raise ValueError(f"details are {size} bytes as JSON; at most {MAX_DETAILS_BYTES}")
+    return details
+
+
+Details = Annotated[dict[Annotated[str, StringConstraints(max_length=100)], Any],
+                    Field(max_length=50), AfterValidator(_bounded_details)]
+
+
 class EventIn(_In):
     id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
     type: Literal[EVENT_TYPES]  # type: ignore[valid-type]
@@ -200,11 +245,11 @@ class EventIn(_In):
     update_id: Annotated[str, StringConstraints(max_length=100)] | None = None
     rollout_id: PositiveDbInt | None = None
     reason: ShortText = ""
-    details: Annotated[dict[str, Any], Field(max_length=50)] = Field(default_factory=dict)
+    details: Details = Field(default_factory=dict)
 
 
 class EventsRequest(_In):
-    events: Annotated[list[EventIn], Field(max_length=1000)]
+    events: Annotated[list[EventIn], Field(max_length=MAX_EVENTS_PER_REQUEST)]
 
 
 class EventsResponse(BaseModel):

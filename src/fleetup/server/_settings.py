@@ -67,6 +67,18 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=30, ge=1)
     # Dashboard sign-ins last this long.
     session_hours: float = Field(default=12.0, gt=0)
+    # Request bodies (bytes): over its route's cap a body is refused (413) before it is
+    # read or its credential looked at (``_limits``). A check-in is at most 64 KiB.
+    max_enroll_bytes: int = Field(default=16 << 10, ge=1024)
+    max_events_bytes: int = Field(default=1 << 20, ge=1024)
+    max_push_bytes: int = Field(default=2 << 30, ge=1024)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)  # every other route
+    # Failed authentication (a refused operator, device or enrollment token, a wrong
+    # dashboard sign-in) per client address: ``burst`` failures, refilled at the rate;
+    # past them the address is answered 429 + Retry-After (``_ratelimit``). Counted per
+    # process: with --workers N an address gets up to N times this.
+    auth_failure_burst: int = Field(default=20, ge=1)
+    auth_failures_per_minute: float = Field(default=10.0, gt=0)
 
     @property
     def database_url(self) -> str:

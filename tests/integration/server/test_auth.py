@@ -8,11 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi.routing import APIRoute
 
+from fleetup.agent._config import load_config
+from fleetup.agent._fleet import FleetClient
+from fleetup.agent._store import DeviceStore
+from fleetup.errors import ServerAPIError
 from fleetup.server import Settings, create_app
 from tests.integration.server.conftest import Fleet
-from tests.support.fleet import wait_for
+from tests.support.fleet import SimDevice, wait_for
 
 WEAKER = {"viewer": None, "publisher": "viewer", "admin": "publisher"}
 
@@ -112,7 +117,8 @@ def test_a_device_reads_and_writes_only_itself(shared_fleet: Fleet) -> None:
         response = client.post("/api/v1/devices/checkin", json=body)
         assert response.status_code == 403
         assert response.json()["error"]["code"] == "device_mismatch"
-    # Enrolling the same id again replaces its token: the old one stops working.
+    # Enrolling the same id again with its current token replaces it: the old one stops
+    # working.
     old_token = me.token
     me.enroll(fleet.tokens["enroll"])
     assert me.token != old_token
@@ -124,6 +130,30 @@ def test_a_device_reads_and_writes_only_itself(shared_fleet: Fleet) -> None:
     with fleet.server.client(fleet.tokens["viewer"]) as viewer:
         assert viewer.get(f"/api/v1/devices/{other.device_id}/history").json()["count"] == 0
         assert viewer.get(f"/api/v1/devices/{me.device_id}/history").json()["count"] == 1
+
+
+def test_an_enrolled_id_is_enrolled_again_after_an_admin_reset(shared_fleet: Fleet) -> None:
+    fleet = shared_fleet
+    device = fleet.device(version="1.0")
+    lost = SimDevice(fleet.server.url, device_id=device.device_id)  # it lost its token
+    body = {"enrollment_token": fleet.tokens["enroll"], "device_id": device.device_id,
+            "app": "hello", "platform": device.platform}
+    refused = httpx.post(f"{fleet.server.url}/api/v1/devices/enroll", json=body, timeout=30)
+    assert refused.status_code == 409
+    assert f"/api/v1/devices/{device.device_id}/reset" in refused.json()["error"]["message"]
+    with fleet.server.client(fleet.tokens["publisher"]) as publisher:
+        assert publisher.post(f"/api/v1/devices/{device.device_id}/reset").status_code == 403
+    with fleet.server.client(fleet.tokens["admin"]) as admin:
+        reset = admin.post(f"/api/v1/devices/{device.device_id}/reset")
+        assert reset.status_code == 200
+        assert ("device.reset", f"device:{device.device_id}") in {
+            (e["action"], e["target"]) for e in admin.get("/api/v1/audit").json()["data"]}
+    wait_for(lambda: httpx.get(f"{fleet.server.url}/api/v1/devices/me", headers={
+        "Authorization": f"Bearer {device.token}"}).status_code == 401, what="the reset")
+    lost.enroll(fleet.tokens["enroll"])
+    assert lost.checkin()["action"] == "none"
+    refused = httpx.post(f"{fleet.server.url}/api/v1/devices/enroll", json=body, timeout=30)
+    assert refused.status_code == 409  # the reset let one enrollment through, no more
 
 
 def test_roles_that_suffice_are_accepted_and_changes_are_audited(shared_fleet: Fleet) -> None:
@@ -143,3 +173,30 @@ def test_roles_that_suffice_are_accepted_and_changes_are_audited(shared_fleet: F
     actions = {(e["action"], e["actor"].split(":")[-1]) for e in audit}
     assert {("token.create", "test-admin"), ("channel.create", "test-admin"),
             ("token.revoke", "test-admin")} <= actions
+
+
+def test_an_agent_that_lost_its_token_is_told_to_ask_for_a_reset(shared_fleet: Fleet,
+                                                                 tmp_path: Path) -> None:
+    """The real agent's fleet client: first enrollment, a lost token (409 with the way
+    out in its message), and enrollment again once an admin reset the device."""
+    fleet, device_id = shared_fleet, f"agent-{tmp_path.name[-12:]}"
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text(f'app = "hello"\nroot = "{tmp_path / "device"}"\n'
+                           f'server_url = "{fleet.server.url}/"\n'
+                           f'enrollment_token = "{fleet.tokens["enroll"]}"\n'
+                           f'trusted_root = "{tmp_path / "1.root.json"}"\n'
+                           f'device_id = "{device_id}"\nplatform = "linux-x86_64"\n')
+    config = load_config(config_file)
+    client = FleetClient(config, DeviceStore(config.root))
+    body = {"device_id": device_id, "app": "hello", "platform": "linux-x86_64"}
+    try:
+        assert client.checkin(body)["action"] == "none"
+        (config.root / ".fleetup" / "fleet.json").unlink()
+        with pytest.raises(ServerAPIError, match="have an admin reset it") as refused:
+            client.checkin(body)
+        assert refused.value.code == "device_enrolled"
+        with fleet.server.client(fleet.tokens["admin"]) as admin:
+            assert admin.post(f"/api/v1/devices/{device_id}/reset").status_code == 200
+        assert client.checkin(body)["action"] == "none"
+    finally:
+        client.close()

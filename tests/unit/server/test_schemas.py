@@ -45,3 +45,35 @@ def test_rollout_create_bounds() -> None:
                 {"bogus": 1}):
         with pytest.raises(ValidationError):
             RolloutCreate.model_validate({"app": "hello", "version": "1.1", **bad})
+
+
+def _event(**fields: Any) -> dict[str, Any]:
+    return {"id": "a", "type": "error", "at": "2026-01-01T00:00:00Z", **fields}
+
+
+@pytest.mark.parametrize("details", [
+    {"blob": "x" * 5000},                       # over 4 KiB as JSON
+    {"k" * 101: 1},                             # key too long
+    {str(n): n for n in range(51)},             # too many keys
+    {"a": {"b": {"c": {"d": {}}}}},             # nested past 4 levels
+    {"a": [[["x\x00"]]]},                       # a NUL, however deep
+])
+def test_event_details_are_bounded(details: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        EventsRequest.model_validate({"events": [_event(details=details)]})
+
+
+def test_deep_input_is_a_validation_error_not_a_recursion_error() -> None:
+    nested: dict[str, Any] = {}
+    for _ in range(5000):
+        nested = {"a": nested}
+    with pytest.raises(ValidationError, match="nested deeper than 32"):
+        EventsRequest.model_validate({"events": [_event(details=nested)]})
+
+
+def test_event_batches_are_bounded() -> None:
+    EventsRequest.model_validate({"events": [_event(id=str(n)) for n in range(500)]})
+    with pytest.raises(ValidationError):
+        EventsRequest.model_validate({"events": [_event(id=str(n)) for n in range(501)]})
+    fine = {"a": {"b": {"c": "d"}}, "n": [1, 2, 3], "s": "x" * 3000}
+    assert EventsRequest.model_validate({"events": [_event(details=fine)]})

@@ -64,7 +64,7 @@ from fleetup.server.dashboard._session import (
     find_session,
     open_session,
 )
-from fleetup.server.deps import FleetDep, SessionDep
+from fleetup.server.deps import FleetDep, SessionDep, count_auth_failure, refuse_if_limited
 from fleetup.server.routes._params import RowId, no_nul_in_url
 
 __all__ = ["router"]
@@ -124,10 +124,18 @@ def login(request: Request, session: SessionDep, fleet: FleetDep, token: Text,
     expected = request.cookies.get(LOGIN_COOKIE, "")
     if not expected or not hmac.compare_digest(csrf.encode(), expected.encode()):
         return _login_page(request, next_path, 403, "The sign-in form expired: try again.")
+    try:
+        refuse_if_limited(request)
+    except ServerAPIError as e:
+        page = _login_page(request, next_path, 429, "Too many failed sign-ins from this "
+                           "address: wait a while and try again.")
+        page.headers["Retry-After"] = str(round(e.retry_after or 1))
+        return page
     token = token.strip()
     row = (_crud.find_operator(session, token_hash=hash_token(token))
            if token.startswith(TokenKind.OPERATOR.value) else None)
     if row is None:
+        count_auth_failure(request)
         return _login_page(request, next_path, 401, "Unknown or revoked operator token.")
     cookie, _ = open_session(session, operator_id=row.id, hours=fleet.settings.session_hours)
     response = RedirectResponse(_safe_next(next_path), status_code=303)

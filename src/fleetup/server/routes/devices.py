@@ -25,7 +25,16 @@ from fleetup.server._schemas import (
     GroupPublic,
     GroupsPublic,
 )
-from fleetup.server.deps import DeviceDep, FleetDep, MetricsDep, SessionDep, ViewerDep
+from fleetup.server.deps import (
+    AdminDep,
+    DeviceDep,
+    FleetDep,
+    MetricsDep,
+    SessionDep,
+    ViewerDep,
+    count_auth_failure,
+    refuse_if_limited,
+)
 from fleetup.server.routes._params import Offset
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -34,14 +43,22 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
 @router.post("/enroll", response_model=EnrollResponse, status_code=201)
-def enroll(body: EnrollRequest, session: SessionDep, fleet: FleetDep) -> EnrollResponse:
-    """Trade an enrollment token for this device's own token (shown once)."""
+def enroll(body: EnrollRequest, request: Request, session: SessionDep,
+           fleet: FleetDep) -> EnrollResponse:
+    """Trade an enrollment token for this device's own token (shown once). An id that
+    is enrolled already needs its current token (``Authorization: Bearer``) or an
+    admin's reset first; otherwise 409 ``device_enrolled``."""
+    refuse_if_limited(request)
     if body.channel not in {c.name for c in _crud.list_channels(session)}:
         raise ServerAPIError(f"no channel {body.channel!r}", "unknown_channel", 422)
+    scheme, _, current = request.headers.get("authorization", "").partition(" ")
     enrolled = _crud.enroll_device(session, enrollment_token=body.enrollment_token,
                                    device_id=body.device_id, app=body.app,
-                                   platform=body.platform, channel=body.channel, tags=body.tags)
+                                   platform=body.platform, channel=body.channel, tags=body.tags,
+                                   current_token=current.strip() if scheme.lower() == "bearer"
+                                   else None)
     if enrolled is None:
+        count_auth_failure(request)
         raise ServerAPIError("invalid, expired, used-up or revoked enrollment token",
                              "unauthorized", 401)
     device, token = enrolled
@@ -50,6 +67,19 @@ def enroll(body: EnrollRequest, session: SessionDep, fleet: FleetDep) -> EnrollR
     session.commit()
     fleet.remember_soon(DeviceEntry.of(device))
     return EnrollResponse(device_id=device.id, device_token=token)
+
+
+@router.post("/{device_id}/reset", response_model=DevicePublic)
+def reset_device(device_id: str, session: SessionDep, fleet: FleetDep,
+                 operator: AdminDep) -> DevicePublic:
+    """Revoke the device's token and let its id be enrolled again with an enrollment
+    token (a device that lost its token, or a replaced one). Its record stays."""
+    device = _crud.reset_device(session, device_id=device_id)
+    _crud.add_audit(session, actor=operator.actor, action="device.reset",
+                    target=f"device:{device.id}")
+    session.commit()
+    fleet.changed()  # the revoked token leaves every cache at its next refresh
+    return DevicePublic.model_validate(device)
 
 
 @router.post("/checkin", response_model=CheckinResponse)
