@@ -189,14 +189,16 @@ class Agent:
 
     # -- public operations -----------------------------------------------------------
 
-    def check(self) -> CheckResult:
-        """Is there a release to install? Records the answer for ``status``.
+    def check(self, wanted: str | None = None) -> CheckResult:
+        """Is there a release to install (or would ``wanted`` install on purpose)?
+        Records the answer for ``status``.
 
         Raises:
             NetworkError, TrustError, StateError: nothing was decided.
+            UsageError: ``wanted`` is not a release that can be installed here.
         """
         with self.cycle():
-            return self._check()
+            return self._check(wanted)
 
     def _check(self, wanted: str | None = None) -> CheckResult:
         device = self.device_view()
