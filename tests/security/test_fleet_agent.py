@@ -92,7 +92,8 @@ def _refused(stolen: Stolen, version: str, why: str) -> None:
 def _other_channel(stolen: Stolen) -> None:
     _refused(stolen, "1.1.0", "signed for beta only")
     refusals = [e for e in stolen.fleet.events if e["type"] == "error"]
-    assert refusals and "signed for beta only" in refusals[-1]["reason"]
+    assert refusals
+    assert "signed for beta only" in refusals[-1]["reason"]
 
 
 @attack(ATTACKS, "fleet-agent.min-from-not-met", attacker="stolen-server",

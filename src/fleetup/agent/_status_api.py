@@ -48,7 +48,7 @@ __all__ = ["StatusApi", "load_token"]
 log = logging.getLogger("fleetup.agent")
 _PREFIX = "/api/updates/"
 _LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")
-TOKEN_FILE = "status-api.token"
+TOKEN_FILE = "status-api.token"  # noqa: S105 - a file name, not a secret
 
 
 def load_token(state: Path) -> str:
@@ -84,6 +84,7 @@ class StatusApi:
         token = load_token(daemon.agent.store.layout.state)
         handler = type("Handler", (_Handler,), {"daemon": daemon, "token": token})
         self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        handler.port = self.port  # type: ignore[attr-defined]  # bound one, named in Host
         self.server.daemon_threads = True
         self._thread = threading.Thread(target=self.server.serve_forever,
                                         name="fleetup-status-api", daemon=True)
@@ -105,6 +106,7 @@ class StatusApi:
 class _Handler(BaseHTTPRequestHandler):
     daemon: Daemon
     token: str
+    port: int
     server_version = "fleetup-agent"
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -145,8 +147,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _local(self) -> bool:
         """Answer only requests for this server by name, from no foreign page."""
-        port = self.server.server_address[1]
-        allowed = {f"{name}:{port}" for name in _LOCAL_NAMES}
+        allowed = {f"{name}:{self.port}" for name in _LOCAL_NAMES}
         if (self.headers.get("Host") or "").lower() not in allowed:
             self._error(HTTPStatus.MISDIRECTED_REQUEST, "foreign-host",
                         f"this API answers only to {', '.join(sorted(allowed))}")
