@@ -189,14 +189,16 @@ class Agent:
 
     # -- public operations -----------------------------------------------------------
 
-    def check(self) -> CheckResult:
-        """Is there a release to install? Records the answer for ``status``.
+    def check(self, wanted: str | None = None) -> CheckResult:
+        """Is there a release to install (or would ``wanted`` install on purpose)?
+        Records the answer for ``status``.
 
         Raises:
             NetworkError, TrustError, StateError: nothing was decided.
+            UsageError: ``wanted`` is not a release that can be installed here.
         """
         with self.cycle():
-            return self._check()
+            return self._check(wanted)
 
     def _check(self, wanted: str | None = None) -> CheckResult:
         device = self.device_view()
@@ -536,6 +538,7 @@ class Agent:
             "reason": decision.reason, "notes": pending.notes}
         status["not_offered"] = [{"version": v, "reason": r} for v, r in decision.skipped]
         status["last_decision"] = decision.reason
+        status["running_yanked"] = decision.running_yanked
         self.store.save_status(status)
 
     def _clear_pending(self, j: Journal) -> None:
@@ -561,6 +564,9 @@ class Agent:
             "kept": self.store.kept_versions(),
             "failed": [{"version": v, "reason": r} for v, r in failed.items()],
             "not_offered": saved.get("not_offered", []),
+            # Why the installed release is yanked and stays (nowhere its policy allows
+            # to go), or null.
+            "running_yanked": saved.get("running_yanked"),
         }
         if journal.state is not State.IDLE:
             body["update"] = {"kind": journal.kind.value, "from": journal.installed,

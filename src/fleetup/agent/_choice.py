@@ -10,9 +10,12 @@ Rules, in order:
 1. An explicit version (``update --version V``) is installed if it is a signed,
    unyanked release newer than what is installed — even if it failed here before
    (an operator may insist) or policy would wait.
-2. If the installed release is yanked, move off it: to the newest eligible release if
-   one is newer, else back to the newest older unyanked release (a kept one is a
-   rollback; otherwise the publisher's yank is the signature for this downgrade).
+2. If the installed release is yanked, move off it: to the newest newer release that
+   rule 3 would install now (the yank does not lift the device's policy: a held-back
+   major stays held back), else back to the newest older unyanked release (a kept one
+   is a rollback, no download; otherwise the publisher's yank is the signature for
+   this downgrade). With neither, the device stays and the decision says it runs a
+   yanked release (``running_yanked``).
 3. Otherwise the newest release on this device's channel and platform that is newer
    than the installed one, not yanked, allowed from the installed version
    (``min_from``), not failed here, and whose phased rollout has reached this device's
@@ -50,6 +53,9 @@ class Decision:
     # A kept release to remove once this decision is carried out: one the publisher
     # yanked, so that no later rollback can return to it.
     retire: str | None = field(default=None, kw_only=True)
+    # Set when the installed release is yanked and the device stays on it (no release
+    # its policy allows to go to): why, for ``status`` and the fleet server.
+    running_yanked: str | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +113,7 @@ def choose(releases: Iterable[ReleaseFacts], device: DeviceView, policy: PolicyC
     current = _find(mine, installed) if installed is not None else None
     on_channel = [f for f in mine if device.channel in f.channels and not f.yanked]
     if current is not None and current.yanked:
-        return _leave_yanked(current, on_channel, device, now)
+        return _leave_yanked(current, on_channel, device, policy, now)
     skipped: list[tuple[str, str]] = []
     waiting: Decision | None = None
     for facts in sorted(on_channel, key=lambda f: f.parsed_version, reverse=True):
@@ -144,22 +150,40 @@ def _explicit(mine: Sequence[ReleaseFacts], wanted: str, installed: Version | No
 
 
 def _leave_yanked(current: ReleaseFacts, on_channel: Sequence[ReleaseFacts],
-                  device: DeviceView, now: datetime) -> Decision:
+                  device: DeviceView, policy: PolicyConfig, now: datetime) -> Decision:
+    """Where a device goes when the publisher yanked what it runs (rule 2).
+
+    A yank is a reason to leave, not to skip the device's policy: forward only to a
+    release that policy would install now; else back to the newest older kept tree (no
+    download); else to the newest older signed release; else stay and say so.
+    """
     why = f"{current.version} was yanked: {current.yank_reason or 'no reason given'}"
-    installed = current.parsed_version
-    newer = [f for f in on_channel if f.parsed_version > installed
-             and not _blocked(f, device, installed, now)]
-    if newer:
-        best = max(newer, key=lambda f: f.parsed_version)
-        return Install(why, facts=best, retire=current.version)
-    older = sorted((f for f in on_channel if f.parsed_version < installed),
+    forward = _allowed_forward(current.parsed_version, on_channel, device, policy, now)
+    if forward is not None:
+        return Install(why, facts=forward, retire=current.version)
+    older = sorted((f for f in on_channel if f.parsed_version < current.parsed_version),
                    key=lambda f: f.parsed_version, reverse=True)
     for facts in older:
         if facts.version in device.kept:
             return RollbackTo(why, version=facts.version, retire=current.version)
     if older:
         return Install(why, facts=older[0], on_purpose=True, retire=current.version)
-    return UpToDate(f"{why}; no other release to go to")
+    return UpToDate(f"{why}; no release this device's policy allows to go to",
+                    running_yanked=why)
+
+
+def _allowed_forward(installed: Version, on_channel: Sequence[ReleaseFacts],
+                     device: DeviceView, policy: PolicyConfig, now: datetime
+                     ) -> ReleaseFacts | None:
+    """The newest newer release that is offered here and that policy installs now."""
+    newer = sorted((f for f in on_channel if f.parsed_version > installed),
+                   key=lambda f: f.parsed_version, reverse=True)
+    for facts in newer:
+        if _blocked(facts, device, installed, now):
+            continue
+        if isinstance(_by_policy(facts, installed, policy, now, ()), Install):
+            return facts
+    return None
 
 
 def _blocked(facts: ReleaseFacts, device: DeviceView, installed: Version | None,
@@ -203,33 +227,59 @@ def _find(mine: Iterable[ReleaseFacts], version: Version) -> ReleaseFacts | None
 
 
 def check_instruction(releases: Iterable[ReleaseFacts], device: DeviceView, version: str,
-                      rollback: bool) -> Decision:
-    """Check a fleet server's instruction against the signed facts.
+                      rollback: bool, policy: PolicyConfig, now: datetime) -> Decision:
+    """Check a fleet server's instruction against the signed facts and local policy.
 
     The server chooses among signed releases, nothing more: it may send this device to
-    an unyanked release of its app and platform that is newer than the installed one,
-    or back to a kept release. A downgrade to anything else needs the publisher's
-    signature (a yank), which :func:`choose` handles.
+    an unyanked release of its app, platform and channel that is newer than the
+    installed one and whose signed ``min_from`` the device meets, or back to a kept
+    release. A downgrade to anything else needs the publisher's signature (a yank),
+    which :func:`choose` handles. The device's own policy (update types, window) then
+    applies as in static mode (a :class:`Defer`) unless its config lets the server
+    override it (``[policy] server_override``): a stolen server cannot push a held-back major.
 
     Raises:
-        UsageError: the instruction is not allowed; the message says why.
+        UsageError: the instruction breaks a signed fact; the message says why.
     """
-    mine = [f for f in releases if f.app == device.app and f.platform == device.platform]
     if rollback:
         if version not in device.kept:
             raise UsageError(f"server asked to roll back to {version}, which is not kept here")
         return RollbackTo("rollback requested by the fleet server", version=version)
+    mine = [f for f in releases if f.app == device.app and f.platform == device.platform]
     facts = _find(mine, parse_version(version))
     if facts is None:
         raise UsageError(f"server asked for {version}, which is not a signed release "
                          f"for {device.app} on {device.platform}")
-    if facts.yanked:
-        raise UsageError(f"server asked for {version}, which the publisher yanked")
     if facts.version in device.failed:
         return UpToDate("not installing what failed here before",
                         skipped=((facts.version, device.failed[facts.version]),))
     installed = parse_version(device.installed) if device.installed else None
+    _check_signed_facts(facts, device, installed)
+    if installed is None or policy.server_override:
+        return Install("chosen by the fleet server", facts=facts)
+    decision = _by_policy(facts, installed, policy, now, ())
+    if isinstance(decision, Install):
+        return Install("chosen by the fleet server", facts=facts)
+    return decision
+
+
+def _check_signed_facts(facts: ReleaseFacts, device: DeviceView,
+                        installed: Version | None) -> None:
+    """Refuse what the publisher's signature rules out, whoever asks for it.
+
+    Raises:
+        UsageError: yanked, not signed for this channel, ``min_from`` not met, or not
+            newer than the installed version.
+    """
+    asked = f"server asked for {facts.version}"
+    if facts.yanked:
+        raise UsageError(f"{asked}, which the publisher yanked")
+    if device.channel not in facts.channels:
+        raise UsageError(f"{asked}, which is signed for {', '.join(facts.channels)} only, "
+                         f"not for this device's channel {device.channel}")
+    if facts.min_from and installed is not None and installed < parse_version(facts.min_from):
+        raise UsageError(f"{asked}, which needs {facts.min_from} or later installed first "
+                         f"(installed: {installed})")
     if installed is not None and facts.parsed_version <= installed:
-        raise UsageError(f"server asked for {version}, not newer than the installed "
-                         f"{installed}: refusing a downgrade the publisher did not sign")
-    return Install("chosen by the fleet server", facts=facts)
+        raise UsageError(f"{asked}, not newer than the installed {installed}: "
+                         "refusing a downgrade the publisher did not sign")

@@ -14,12 +14,14 @@ one line (:class:`~fleetup.errors.ConfigError`).
     # platform, device_id, keep = 3, poll_interval = 3600, poll_jitter = 0.1
     # server_url + enrollment_token (fleet mode), tags = {site = "lab"}
 
-    [policy]   auto = ["patch", "minor", "security", "hotfix"], window = "02:00-04:00"
+    [policy]   auto = ["patch", "minor", "security", "hotfix"], window = "02:00-04:00",
+               server_override = false  (fleet mode: may the server skip auto/window?)
     [download] timeout, deadline, retries, backoff, max_backoff, bandwidth, deltas
     [process]  command = [...], restart_command = [...], env = {...}, stop_timeout
     [health]   command = [...], url, timeout, startup_grace, crash_loop_restarts, ...
     [modules]  enabled, tick_interval
     [status_api] enabled, port             (loopback only)
+    [fleet]    deadline = 60, max_reply = 1048576   (bounds on each fleet exchange)
     [log]      json, level
 """
 
@@ -39,6 +41,7 @@ from fleetup.errors import ConfigError, UsageError
 __all__ = [
     "AgentConfig",
     "DownloadConfig",
+    "FleetConfig",
     "HealthConfig",
     "MaintenanceWindow",
     "ModulesConfig",
@@ -90,6 +93,10 @@ class PolicyConfig:
     auto: frozenset[UpdateType] = DEFAULT_AUTO
     window: MaintenanceWindow | None = None
     window_exempt: frozenset[UpdateType] = DEFAULT_WINDOW_EXEMPT
+    # Fleet mode: may the server's choice skip ``auto`` and ``window``? Off by default,
+    # so a server that was taken over cannot push what this device holds back. The
+    # signed facts (channels, min_from, yanked) are enforced either way.
+    server_override: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +150,15 @@ class StatusApiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetConfig:
+    """Bounds on every exchange with the fleet server (which may be hostile): an overall
+    ``deadline`` per request, connect to last byte, and a cap on the reply's size."""
+
+    deadline: float = 60.0
+    max_reply: int = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
 class PushConfig:
     """Fleet mode: a NATS server to hear "check now" from (``None``: poll only); the
     check-in follows after a random delay of up to ``jitter`` seconds."""
@@ -173,6 +189,7 @@ class AgentConfig:
     modules: ModulesConfig = ModulesConfig()
     status_api: StatusApiConfig = StatusApiConfig()
     push: PushConfig = PushConfig()
+    fleet: FleetConfig = FleetConfig()
     log_json: bool = False
     log_level: str = "INFO"
     source: Path | None = None
@@ -213,7 +230,7 @@ def _parse(raw: Mapping[str, Any], base: Path, source: Path) -> AgentConfig:
     known = {"app", "root", "trusted_root", "repo_url", "channel", "platform", "device_id",
              "keep", "poll_interval", "poll_jitter", "server_url", "enrollment_token", "tags",
              "policy", "download", "process", "health", "modules", "status_api", "push",
-             "log"}
+             "fleet", "log"}
     _no_unknown(raw, known, "")
     app_name = _get(raw, "app", str, required=True)
     repo_url = _opt(raw, "repo_url", str)
@@ -255,6 +272,7 @@ def _parse(raw: Mapping[str, Any], base: Path, source: Path) -> AgentConfig:
         modules=_modules(_section(raw, "modules")),
         status_api=_status_api(_section(raw, "status_api")),
         push=_push(_section(raw, "push"), fleet_mode=server_url is not None),
+        fleet=_fleet(_section(raw, "fleet")),
         log_json=_get(log, "json", bool, False, prefix="log."),
         log_level=log_level,
         source=source,
@@ -262,7 +280,7 @@ def _parse(raw: Mapping[str, Any], base: Path, source: Path) -> AgentConfig:
 
 
 def _policy(raw: Mapping[str, Any]) -> PolicyConfig:
-    _no_unknown(raw, {"auto", "window", "window_exempt"}, "policy.")
+    _no_unknown(raw, {"auto", "window", "window_exempt", "server_override"}, "policy.")
     window_text = _opt(raw, "window", str, "policy.")
     try:
         window = MaintenanceWindow.parse(window_text) if window_text else None
@@ -270,7 +288,9 @@ def _policy(raw: Mapping[str, Any]) -> PolicyConfig:
         raise ConfigError(f"policy.window: {e}") from None
     return PolicyConfig(auto=_types(raw, "auto", DEFAULT_AUTO),
                         window=window,
-                        window_exempt=_types(raw, "window_exempt", DEFAULT_WINDOW_EXEMPT))
+                        window_exempt=_types(raw, "window_exempt", DEFAULT_WINDOW_EXEMPT),
+                        server_override=_get(raw, "server_override", bool, False,
+                                             prefix="policy."))
 
 
 def _types(raw: Mapping[str, Any], key: str, default: frozenset[UpdateType]
@@ -335,6 +355,15 @@ def _status_api(raw: Mapping[str, Any]) -> StatusApiConfig:
         raise ConfigError("status_api.port must be a TCP port")
     return StatusApiConfig(enabled=_get(raw, "enabled", bool, False, prefix="status_api."),
                            port=port)
+
+
+def _fleet(raw: Mapping[str, Any]) -> FleetConfig:
+    _no_unknown(raw, {"deadline", "max_reply"}, "fleet.")
+    max_reply = _get(raw, "max_reply", int, 1 << 20, prefix="fleet.")
+    if max_reply < 1024:
+        raise ConfigError("fleet.max_reply must be at least 1024 bytes")
+    return FleetConfig(deadline=_positive(raw, "deadline", 60.0, "fleet."),
+                       max_reply=max_reply)
 
 
 def _push(raw: Mapping[str, Any], *, fleet_mode: bool) -> PushConfig:

@@ -141,7 +141,7 @@ class Daemon:
     def _work(self, request: Request) -> None:
         try:
             if request.kind == "check":
-                value: Any = self.agent.check()
+                value: Any = self.agent.check(request.version)
             elif request.kind == "rollback":
                 value = self.agent.rollback(request.version)
             else:

@@ -23,10 +23,14 @@ from fleetup._facts import DeltaFacts, ReleaseFacts
 from fleetup.agent._choice import Decision, DeviceView, choose
 from fleetup.agent._config import PolicyConfig
 
-__all__ = ["AgentEvent", "Director", "EventSink", "LogSink", "ReleaseSource",
+__all__ = ["RUNNING_YANKED", "AgentEvent", "Director", "EventSink", "LogSink", "ReleaseSource",
            "StaticDirector", "new_event"]
 
 log = logging.getLogger("fleetup.agent")
+
+# The installed release is yanked and no release this device's policy allows can
+# replace it: the device stays and says so, so that the server can alert.
+RUNNING_YANKED = "running-yanked"
 
 Progress = Callable[[int, int], None]
 Tee = Callable[[int, bytes], None]

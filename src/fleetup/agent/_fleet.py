@@ -17,6 +17,8 @@ import contextlib
 import json
 import logging
 import os
+import socket
+import threading
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -33,7 +35,7 @@ from fleetup.agent._choice import (
     choose,
 )
 from fleetup.agent._config import AgentConfig
-from fleetup.agent._director import AgentEvent, ReleaseSource
+from fleetup.agent._director import RUNNING_YANKED, AgentEvent, ReleaseSource
 from fleetup.agent._store import DeviceStore
 from fleetup.errors import (
     ConfigError,
@@ -66,8 +68,12 @@ class FleetClient:
             raise ConfigError("fleet mode needs server_url")
         self.config = config
         self.store = store
+        # No idle connections: each exchange connects anew, so _Deadline sees its socket
+        # (a check-in every few minutes gains nothing from keep-alive).
         self.http = httpx.Client(base_url=config.server_url + "api/v1/", transport=transport,
-                                 timeout=httpx.Timeout(config.download.timeout),
+                                 timeout=httpx.Timeout(min(config.download.timeout,
+                                                           config.fleet.deadline)),
+                                 limits=httpx.Limits(max_keepalive_connections=0),
                                  headers={"User-Agent": "fleetup-agent"})
         self.retry_after: float | None = None
 
@@ -122,37 +128,55 @@ class FleetClient:
 
     def _post(self, path: str, body: Mapping[str, Any], auth: bool = True) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {self.token()}"} if auth else {}
+        status, data = self._exchange(path, body, headers)
+        if status in (429, 503):
+            self.retry_after = _retry_after_value(data.headers.get("Retry-After"))
+            raise HTTPStatusError(f"fleet server busy (HTTP {status}); "
+                                  f"retrying in {self.retry_after or 'a while'}s", status)
+        if status >= 400:
+            code, message = _error_of(data)
+            raise ServerAPIError(f"fleet server refused {path}: {message}", code, status)
         try:
-            response = self.http.post(path, json=body, headers=headers)
-        except httpx.HTTPError as e:
-            raise NetworkError(f"fleet server {self.config.server_url} unreachable: "
-                               f"{str(e) or type(e).__name__}") from e
-        if response.status_code in (429, 503):
-            self.retry_after = _retry_after(response)
-            error = HTTPStatusError(f"fleet server busy (HTTP {response.status_code}); "
-                                    f"retrying in {self.retry_after or 'a while'}s",
-                                    response.status_code)
-            raise error
-        if response.status_code >= 400:
-            code, message = _error_of(response)
-            raise ServerAPIError(f"fleet server refused {path}: {message}", code,
-                                 response.status_code)
-        try:
-            body_out = response.json()
+            body_out = data.json()
         except ValueError as e:
             raise ServerAPIError(f"fleet server sent no JSON for {path}", "bad_response",
-                                 response.status_code) from e
+                                 status) from e
         if not isinstance(body_out, dict):
             raise ServerAPIError(f"fleet server sent a malformed answer for {path}",
-                                 "bad_response", response.status_code)
+                                 "bad_response", status)
         return body_out
+
+    def _exchange(self, path: str, body: Mapping[str, Any], headers: Mapping[str, str]
+                  ) -> tuple[int, httpx.Response]:
+        """POST and read the whole reply within ``[fleet] deadline`` and ``max_reply``.
+
+        Per-read timeouts alone let a server trickle a byte every few seconds forever;
+        the :class:`_Deadline` cuts the connection wherever the exchange is.
+
+        Raises:
+            NetworkError: unreachable, or no whole answer before the deadline.
+            ServerAPIError: the answer is larger than ``max_reply`` (not read further).
+        """
+        bounds = self.config.fleet
+        with _Deadline(bounds.deadline) as deadline:
+            try:
+                with self.http.stream("POST", path, json=body, headers=headers,
+                                      extensions={"trace": deadline.trace}) as response:
+                    content = _read_capped(response, bounds.max_reply, path)
+            except httpx.HTTPError as e:
+                if deadline.expired:
+                    raise NetworkError(f"fleet server {self.config.server_url} gave no whole "
+                                       f"answer to {path} within {bounds.deadline:g} s") from e
+                raise NetworkError(f"fleet server {self.config.server_url} unreachable: "
+                                   f"{str(e) or type(e).__name__}") from e
+        return response.status_code, httpx.Response(
+            response.status_code, headers=response.headers, content=content)
 
     def close(self) -> None:
         self.http.close()
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
+def _retry_after_value(value: str | None) -> float | None:
     try:
         return max(1.0, float(value)) if value else None
     except ValueError:
@@ -165,6 +189,73 @@ def _error_of(response: httpx.Response) -> tuple[str, str]:
         return str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
         return f"http_{response.status_code}", f"HTTP {response.status_code}"
+
+
+def _read_capped(response: httpx.Response, cap: int, path: str) -> bytes:
+    """The reply's body, refused before it grows past ``cap`` bytes.
+
+    Raises:
+        ServerAPIError: the declared or actual length is over ``cap``.
+    """
+    too_big = ServerAPIError(f"fleet server's answer to {path} is larger than {cap} bytes: "
+                             "refused", "reply_too_large", response.status_code)
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise too_big
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > cap:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _Deadline:
+    """Cuts one HTTP exchange off at its deadline, wherever it is.
+
+    httpx bounds each read, not the whole: a server sending a byte every few seconds
+    never trips a read timeout. httpx's ``trace`` extension hands over the socket when it
+    connects; at the deadline a timer shuts it down, so the blocked read returns and
+    httpx raises. The client keeps no idle connections (see :class:`FleetClient`), so
+    every exchange connects and is watched.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+
+    def trace(self, name: str, info: Mapping[str, Any]) -> None:
+        if name != "connection.connect_tcp.complete":
+            return
+        sock = info["return_value"].get_extra_info("socket")
+        if isinstance(sock, socket.socket):
+            with self._lock:
+                self._sockets.append(sock)
+                if self.expired:
+                    _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class FleetDirector:
@@ -198,21 +289,28 @@ class FleetDirector:
                                        UpToDate(str(answer.get("reason") or "up to date")))
         releases = source.releases(device.app, device.platform)
         try:
-            return check_instruction(releases, device, version, rollback=action == "rollback")
+            return check_instruction(releases, device, version, action == "rollback",
+                                     self.config.policy, now)
         except UsageError as e:
             log.warning("refusing the fleet server's instruction: %s", e)
             self.sink.emit(AgentEvent("error", version=version, from_version=device.installed,
                                       rollout_id=self.rollout_id, reason=str(e)))
-            return UpToDate(str(e))
+            return self._unless_yanked(device, source, now, UpToDate(str(e)))
 
     def _unless_yanked(self, device: DeviceView, source: ReleaseSource, now: datetime,
                        decision: Decision) -> Decision:
-        """If the publisher yanked what runs here, leave it even if the server is silent."""
+        """If the publisher yanked what runs here, leave it even if the server is silent;
+        if there is nowhere to go, tell the server (``running-yanked``) so it can alert."""
         if device.installed is None:
             return decision
         releases = source.releases(device.app, device.platform)
-        if any(f.version == device.installed and f.yanked for f in releases):
-            return choose(releases, device, self.config.policy, now)
+        if not any(f.version == device.installed and f.yanked for f in releases):
+            return decision
+        decision = choose(releases, device, self.config.policy, now)
+        if decision.running_yanked and not self.client.store.load_status().get(
+                "running_yanked"):  # once, not every check-in
+            self.sink.emit(AgentEvent(RUNNING_YANKED, version=device.installed,
+                                      reason=decision.running_yanked))
         return decision
 
     def next_check(self, default: float) -> float:

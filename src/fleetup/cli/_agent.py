@@ -183,6 +183,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
     if pending:
         result(f"pending: {pending['version']} ({pending['type']}): {pending['reason']}")
     result(f"kept: {', '.join(body['kept']) or 'none'}")
+    if body.get("running_yanked"):
+        result(f"runs a yanked release: {body['running_yanked']}")
     for failed in body["failed"]:
         result(f"not installed again by itself: {failed['version']} ({failed['reason']})")
 

@@ -126,9 +126,11 @@ def start_rollout(session: Session, *, spec: RolloutCreate, actor: str) -> Rollo
 
     Raises:
         ServerAPIError: 422 bad stages, unknown channel, or no such release (or only
-            yanked ones); 409 another rollout of that app and channel is unfinished.
+            yanked ones); 409 the release is not signed for the channel, or another
+            rollout of that app and channel is unfinished.
     """
     _check_spec(session, spec)
+    _check_signed_channel(session, spec)
     try:
         row = _crud.create_rollout(
             session, app=spec.app, version=spec.version, channel=spec.channel,
@@ -159,6 +161,21 @@ def _check_spec(session: Session, spec: RolloutCreate) -> frozenset[str]:
         raise ServerAPIError(f"{spec.app} {spec.version} has not been pushed (or is yanked)",
                              "unknown_release", 422)
     return frozenset(platforms)
+
+
+def _check_signed_channel(session: Session, spec: RolloutCreate) -> None:
+    """Devices refuse a release on a channel it is not signed for: do not offer it there.
+
+    Raises:
+        ServerAPIError: 409 ``channel_not_signed``.
+    """
+    signed = {c for r in _crud.list_releases(session, app=spec.app, version=spec.version)
+              if not r.yanked for c in r.channels}
+    if spec.channel not in signed:
+        raise ServerAPIError(f"{spec.app} {spec.version} is signed for "
+                             f"{', '.join(sorted(signed)) or 'no channel'}, not "
+                             f"{spec.channel}: publish it for {spec.channel} first",
+                             "channel_not_signed", 409)
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,7 +90,8 @@ __all__ = [
 
 EVENT_TYPES = ("check", "download-started", "download-finished", "download-failed",
                "verify-failed", "staged", "switched", "health-passed", "health-failed",
-               "committed", "rolled-back", "rollback", "error")
+               "committed", "rolled-back", "rollback", "error",
+               "running-yanked")  # the device runs a yanked release and has nowhere to go
 
 
 @functools.lru_cache(maxsize=4096)

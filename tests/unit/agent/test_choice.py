@@ -153,8 +153,16 @@ YANK_CASES = [
     ("a newer one that failed here is not a target",
      [rel("1.0"), rel("1.1", yanked=True), rel("1.2")],
      device("1.1", kept=("1.0", "1.1"), failed={"1.2": "x"}), ("rollback", "1.0")),
-    ("a major newer one is taken despite policy",
-     [rel("1.1", yanked=True), rel("2.0", type=T.MAJOR)], device("1.1"), ("install", "2.0")),
+    # Issue 11 §2: the yank must not lift the policy that holds a major back.
+    ("a held-back major is not a way out: back to the kept one",
+     [rel("1.0"), rel("1.1", yanked=True), rel("2.0", type=T.MAJOR)],
+     device("1.1", kept=("1.0", "1.1")), ("rollback", "1.0")),
+    ("a held-back major is not a way out: signed downgrade",
+     [rel("1.0"), rel("1.1", yanked=True), rel("2.0", type=T.MAJOR)],
+     device("1.1", kept=("1.1",)), ("install", "1.0")),
+    ("an allowed minor goes before a kept older one",
+     [rel("1.0"), rel("1.1", yanked=True), rel("1.2"), rel("2.0", type=T.MAJOR)],
+     device("1.1", kept=("1.0", "1.1")), ("install", "1.2")),
 ]
 
 
@@ -166,6 +174,33 @@ def test_leaving_a_yanked_release(releases: list[ReleaseFacts], dev: DeviceView,
     assert pick(decision) == expected
     if expected[0] != "none":
         assert "1.1 was yanked: broken build" in decision.reason
+
+
+def test_a_major_allowed_by_policy_is_a_way_out() -> None:
+    policy = PolicyConfig(auto=frozenset(T))
+    decision = choose([rel("1.0"), rel("1.1", yanked=True), rel("2.0", type=T.MAJOR)],
+                      device("1.1", kept=("1.0", "1.1")), policy, NOW)
+    assert pick(decision) == ("install", "2.0")
+
+
+def test_outside_the_window_a_yank_goes_back_to_the_kept_tree() -> None:
+    closed = PolicyConfig(window=MaintenanceWindow(time(2), time(3)))
+    decision = choose([rel("1.0"), rel("1.1", yanked=True), rel("1.2")],
+                      device("1.1", kept=("1.0", "1.1")), closed, NOW)
+    assert pick(decision) == ("rollback", "1.0")
+
+
+def test_nowhere_to_go_stays_and_says_it_runs_a_yanked_release() -> None:
+    decision = choose([rel("1.1", yanked=True), rel("2.0", type=T.MAJOR)], device("1.1"),
+                      POLICY, NOW)
+    assert pick(decision) == ("none", None)
+    assert decision.running_yanked == "1.1 was yanked: broken build"
+
+
+def test_a_device_that_moves_off_a_yank_is_not_running_yanked() -> None:
+    decision = choose([rel("1.0"), rel("1.1", yanked=True)], device("1.1", kept=("1.0", "1.1")),
+                      POLICY, NOW)
+    assert decision.running_yanked is None
 
 
 def test_a_signed_downgrade_is_an_install_on_purpose() -> None:
@@ -346,17 +381,19 @@ def test_first_install_respects_the_rollout_too() -> None:
 # -- fleet server instructions -------------------------------------------------------------
 
 
-RELEASES = [rel("1.0"), rel("1.1"), rel("1.2", yanked=True), rel("2.0", type=T.MAJOR)]
+RELEASES = [rel("1.0"), rel("1.1"), rel("1.2", yanked=True), rel("2.0", type=T.MAJOR),
+            rel("1.3", channels=("beta",)), rel("1.4", min_from="1.1")]
+OVERRIDE = PolicyConfig(server_override=True)
 
 
-def test_instruction_to_install_a_newer_signed_release() -> None:
-    decision = check_instruction(RELEASES, device("1.0"), "2.0", rollback=False)
+def test_instruction_to_install_a_newer_signed_release_the_config_lets_through() -> None:
+    decision = check_instruction(RELEASES, device("1.0"), "2.0", False, OVERRIDE, NOW)
     assert pick(decision) == ("install", "2.0")
 
 
 def test_instruction_to_roll_back_to_a_kept_release() -> None:
     decision = check_instruction(RELEASES, device("1.1", kept=("1.0", "1.1")), "1.0",
-                                 rollback=True)
+                                 True, POLICY, NOW)
     assert pick(decision) == ("rollback", "1.0")
 
 
@@ -366,16 +403,19 @@ def test_instruction_to_roll_back_to_a_kept_release() -> None:
     (device("1.1", kept=("1.0", "1.1")), "1.0", False, "refusing a downgrade"),
     (device("1.1"), "1.1", False, "refusing a downgrade"),
     (device("1.1", kept=("1.1",)), "1.0", True, "not kept here"),
+    # Issue 12 §4: signed facts hold whatever the server says, override or not.
+    (device("1.0"), "1.3", False, "signed for beta only, not for this device's channel"),
+    (device("1.0"), "1.4", False, "needs 1.1 or later installed first"),
 ])
 def test_instruction_refused(dev: DeviceView, version: str, rollback: bool,
                              message: str) -> None:
     with pytest.raises(UsageError, match=message):
-        check_instruction(RELEASES, dev, version, rollback=rollback)
+        check_instruction(RELEASES, dev, version, rollback, OVERRIDE, NOW)
 
 
 def test_instruction_for_a_release_that_failed_here_is_declined_quietly() -> None:
     decision = check_instruction(RELEASES, device("1.0", failed={"1.1": "exit 3"}), "1.1",
-                                 rollback=False)
+                                 False, POLICY, NOW)
     assert isinstance(decision, UpToDate)
     assert decision.skipped == (("1.1", "exit 3"),)
 
@@ -383,4 +423,27 @@ def test_instruction_for_a_release_that_failed_here_is_declined_quietly() -> Non
 def test_instruction_ignores_other_apps_and_platforms() -> None:
     others = [replace(rel("5.0"), app="other"), rel("5.0", platform="linux-aarch64")]
     with pytest.raises(UsageError, match="not a signed release"):
-        check_instruction(others, device("1.0"), "5.0", rollback=False)
+        check_instruction(others, device("1.0"), "5.0", False, POLICY, NOW)
+
+
+def test_local_policy_holds_back_what_the_server_chooses() -> None:
+    decision = check_instruction(RELEASES, device("1.0"), "2.0", False, POLICY, NOW)
+    assert pick(decision) == ("defer", "2.0")
+    assert "major updates install only on request" in decision.reason
+
+
+def test_the_window_holds_back_what_the_server_chooses() -> None:
+    closed = PolicyConfig(window=MaintenanceWindow(time(2), time(3)))
+    decision = check_instruction(RELEASES, device("1.0"), "1.1", False, closed, NOW)
+    assert pick(decision) == ("defer", "1.1")
+
+
+def test_a_release_the_policy_allows_installs_as_the_server_chose() -> None:
+    decision = check_instruction(RELEASES, device("1.0"), "1.1", False, POLICY, NOW)
+    assert pick(decision) == ("install", "1.1")
+    assert decision.reason == "chosen by the fleet server"
+
+
+def test_a_first_install_takes_what_the_server_chose() -> None:
+    decision = check_instruction(RELEASES, device(None), "2.0", False, POLICY, NOW)
+    assert pick(decision) == ("install", "2.0")

@@ -69,7 +69,10 @@ def served(prepared: tuple[SampleRepo, Path], tmp_path: Path) -> Iterator[Served
     thread.start()
     wait_for(lambda: daemon.last_outcome is not None, what="the daemon's first poll")
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{api.port}", timeout=60) as client:
+        token = (tmp_path / "device" / ".fleetup" / "status-api.token").read_text().strip()
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{api.port}", timeout=60,
+                          headers=headers) as client:
             yield Served(daemon, source, client, repo)
     finally:
         daemon.stop.set()
@@ -146,6 +149,40 @@ def test_errors_are_json(served: Served) -> None:
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "bad-version"
     assert served.installed() == "1.1"
+
+
+def test_install_of_no_such_release_is_refused_at_once(served: Served) -> None:
+    """Issue 11 §3: not 202 and a failure later in the log."""
+    response = served.client.post(f"{PREFIX}/install/9.9.9")
+    assert response.status_code == 404
+    assert response.json()["error"] == {
+        "code": "cannot-install", "message": "no signed release 9.9.9 for this app and platform"}
+    older = served.client.post(f"{PREFIX}/install/1.0")
+    assert older.status_code == 409
+    assert "not newer than the installed 1.1" in older.json()["error"]["message"]
+    assert served.installed() == "1.1"
+
+
+def test_rollback_to_a_release_that_is_not_kept_is_refused_at_once(served: Served) -> None:
+    response = served.client.post(f"{PREFIX}/rollback", json={"to": "0.5"})
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "not-kept"
+
+
+def test_the_token_file_is_the_agents_users_only(served: Served) -> None:
+    path = served.daemon.agent.store.layout.state / "status-api.token"
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_token_file_others_can_read_is_replaced(tmp_path: Path) -> None:
+    from fleetup.agent._status_api import load_token
+
+    (tmp_path / "status-api.token").write_text("x" * 43)
+    (tmp_path / "status-api.token").chmod(0o644)
+    token = load_token(tmp_path)
+    assert token != "x" * 43
+    assert (tmp_path / "status-api.token").stat().st_mode & 0o777 == 0o600
+    assert load_token(tmp_path) == token  # kept across restarts
 
 
 def test_the_api_listens_on_loopback_only(tmp_path: Path) -> None:

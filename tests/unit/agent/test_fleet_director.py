@@ -1,0 +1,69 @@
+"""The fleet director over a mock transport: a yank with nowhere to go is reported once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fleetup._facts import ReleaseFacts
+from fleetup._versions import UpdateType
+from fleetup.agent._choice import RollbackTo
+from fleetup.agent._config import AgentConfig
+from fleetup.agent._fleet import fleet_parts
+from tests.unit.agent.test_choice import NOW, device, rel
+
+
+class _Source:
+    def __init__(self, releases: list[ReleaseFacts]) -> None:
+        self._releases = releases
+
+    def releases(self, app: str, platform: str) -> list[ReleaseFacts]:
+        return self._releases
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the director should not need {name}")
+
+
+def _server(answer: dict[str, Any], events: list[dict[str, Any]]) -> httpx.MockTransport:
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/enroll"):
+            return httpx.Response(201, json={"device_token": "t"})
+        if request.url.path.endswith("/events"):
+            sent = json.loads(request.content)["events"]
+            events.extend(sent)
+            return httpx.Response(200, json={"accepted": [e["id"] for e in sent]})
+        return httpx.Response(200, json=answer)
+    return httpx.MockTransport(handle)
+
+
+def test_running_a_yanked_release_with_nowhere_to_go_is_reported_once(tmp_path: Path) -> None:
+    config = AgentConfig(app="hello", root=tmp_path, trusted_root=tmp_path / "root.json",
+                         server_url="http://fleet.invalid/", enrollment_token="e",
+                         platform="linux-x86_64")
+    events: list[dict[str, Any]] = []
+    director, sink = fleet_parts(config, _server({"action": "none"}, events))
+    source = _Source([rel("1.1", yanked=True), rel("2.0", type=UpdateType.MAJOR)])
+    decision = director.decide(device("1.1"), source, NOW)  # type: ignore[arg-type]
+    assert decision.running_yanked == "1.1 was yanked: broken build"
+    sink.flush()
+    assert [(e["type"], e["version"]) for e in events] == [("running-yanked", "1.1")]
+    director.client.store.save_status({"running_yanked": decision.running_yanked})
+    director.decide(device("1.1"), source, NOW)  # type: ignore[arg-type]
+    sink.flush()
+    assert len(events) == 1
+
+
+def test_a_refused_instruction_still_leaves_a_yanked_release(tmp_path: Path) -> None:
+    config = AgentConfig(app="hello", root=tmp_path, trusted_root=tmp_path / "root.json",
+                         server_url="http://fleet.invalid/", enrollment_token="e",
+                         platform="linux-x86_64")
+    director, _ = fleet_parts(config, _server({"action": "install", "version": "1.2",
+                                               "rollout_id": 1}, []))
+    source = _Source([rel("1.0"), rel("1.1", yanked=True), rel("1.2", channels=("beta",))])
+    decision = director.decide(device("1.1", kept=("1.0", "1.1")), source,  # type: ignore[arg-type]
+                               NOW)
+    assert isinstance(decision, RollbackTo)
+    assert decision.version == "1.0"
