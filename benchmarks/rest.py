@@ -79,7 +79,7 @@ def run(ctx: Context) -> Result:
         config.write_text(f"""app = "{APP}"
 root = "{root}"
 repo_url = "{url}"
-trusted_root = "{repo / 'metadata' / '1.root.json'}"
+trusted_root = "{repo / 'public' / 'metadata' / '1.root.json'}"
 platform = "{PLATFORM}"
 poll_interval = 10
 poll_jitter = 0.0

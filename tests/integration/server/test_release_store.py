@@ -26,7 +26,7 @@ def updater(fleet: Fleet, work: Path) -> Updater:
     (the first time) or what it trusted before (its metadata dir, later)."""
     first = not (work / "root.json").exists()
     (work / "downloads").mkdir(parents=True, exist_ok=True)
-    bootstrap = (fleet.repo / "metadata" / "1.root.json").read_bytes() if first else None
+    bootstrap = (fleet.repo / "public/metadata" / "1.root.json").read_bytes() if first else None
     return Updater(str(work), f"{fleet.server.url}/repo/metadata/", str(work / "downloads"),
                    f"{fleet.server.url}/repo/targets/", bootstrap=bootstrap)
 

@@ -19,11 +19,11 @@ NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
 
 def meta(repo: Path, name: str) -> Metadata[Any]:
-    return Metadata.from_file(str(repo / "metadata" / name))
+    return Metadata.from_file(str(repo / "public/metadata" / name))
 
 
 def latest_root(repo: Path) -> Metadata[Root]:
-    versions = [int(p.name.split(".")[0]) for p in (repo / "metadata").glob("*.root.json")]
+    versions = [int(p.name.split(".")[0]) for p in (repo / "public/metadata").glob("*.root.json")]
     return meta(repo, f"{max(versions)}.root.json")
 
 
@@ -43,7 +43,7 @@ def test_refresh_resigns_snapshot_and_timestamp_with_fresh_expiries(tmp_path: Pa
     assert meta(repo, "2.snapshot.json").signed.expires == later + timedelta(days=7)
     assert meta(repo, "timestamp.json").signed.expires == later + timedelta(days=1)
     assert meta(repo, "timestamp.json").signed.snapshot_meta.version == 2
-    assert not (repo / "metadata/2.targets.json").exists()
+    assert not (repo / "public/metadata/2.targets.json").exists()
 
 
 def test_refresh_works_after_snapshot_and_timestamp_expired(tmp_path: Path) -> None:
@@ -111,8 +111,8 @@ def test_rotate_replaces_the_key_in_a_new_root_signed_by_old_and_new(
     # The new root satisfies the old root's root role, and its own.
     old_root.signed.verify_delegate("root", new_root.signed_bytes, new_root.signatures)
     new_root.signed.verify_delegate("root", new_root.signed_bytes, new_root.signatures)
-    assert (repo / "metadata/root.json").read_bytes() == \
-        (repo / "metadata/2.root.json").read_bytes()
+    assert (repo / "public/metadata/root.json").read_bytes() == \
+        (repo / "public/metadata/2.root.json").read_bytes()
     assert sorted(p.name for p in (repo / "keys").iterdir()) == [f"{r}.key" for r in
                                                                  sorted(ROLES)]
     assert (repo / "keys" / f"{role}.key").stat().st_mode & 0o777 == 0o600
