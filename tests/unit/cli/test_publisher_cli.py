@@ -207,6 +207,27 @@ def test_keys_rotate(repo: Path, fleetup: Run, role: str) -> None:
     assert new_root["roles"][role]["keyids"] != old["keyids"]
 
 
+def test_keys_rotate_online(repo: Path, fleetup: Run) -> None:
+    result = fleetup("keys", "rotate", "--repo", repo, "--online", "--json")
+    assert result.code == 0, result.err
+    roles = json.loads((repo / "public/metadata/2.root.json").read_bytes())["signed"]["roles"]
+    assert result.json == {"keyids": {role: roles[role]["keyids"][0]
+                                      for role in ("snapshot", "timestamp")}}
+    assert not (repo / "public/metadata/3.root.json").exists()  # one root for both
+    text = fleetup("keys", "rotate", "--repo", repo, "--online")
+    assert "rotated the snapshot key" in text.err
+    assert "rotated the timestamp key" in text.err
+
+
+@pytest.mark.parametrize("args", [(), ("timestamp", "--online")])
+def test_keys_rotate_needs_one_role_or_online(repo: Path, fleetup: Run,
+                                              args: tuple[str, ...]) -> None:
+    result = fleetup("keys", "rotate", "--repo", repo, *args)
+    assert result.code == 1
+    assert result.err.strip() == "error: name one ROLE, or pass --online (snapshot and timestamp)"
+    assert not (repo / "public/metadata/2.root.json").exists()
+
+
 # -- bad input: one line, exit 1, repository unchanged ----------------------------------------
 
 

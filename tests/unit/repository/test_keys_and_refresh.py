@@ -12,7 +12,14 @@ from securesystemslib.signer import SSlibKey
 from tuf.api.metadata import Metadata, Root
 
 from fleetup.errors import MetadataExpiredError, UsageError
-from fleetup.repository import ROLES, init_repo, refresh_repo, rotate_key
+from fleetup.repository import (
+    ONLINE_ROLES,
+    ROLES,
+    init_repo,
+    refresh_repo,
+    rotate_key,
+    rotate_keys,
+)
 from tests.unit.repository.conftest import PLATFORM, Publish, make_client
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -154,3 +161,25 @@ def test_rotate_keeps_keys_encrypted(tmp_path: Path) -> None:
 def test_rotate_refuses_an_unknown_role(repo: Path) -> None:
     with pytest.raises(UsageError, match="not a role: 'admin'"):
         rotate_key(repo, "admin")
+
+
+def test_rotate_online_replaces_snapshot_and_timestamp_in_one_root(
+        repo: Path, publish: Publish, tmp_path: Path) -> None:
+    publish("1.0.0", payload_size=100)
+    before = {role: key_id(repo, role) for role in ROLES}
+    new = rotate_keys(repo, ONLINE_ROLES)
+    assert sorted(new) == ["snapshot", "timestamp"]
+    root = latest_root(repo).signed
+    assert root.version == 2
+    for role in ROLES:
+        assert root.roles[role].keyids == [new.get(role, before[role])]
+    assert sorted(p.name for p in (repo / "keys").iterdir()) == [f"{r}.key" for r in
+                                                                 sorted(ROLES)]
+    client = make_client(repo, tmp_path, trusted_root=meta(repo, "1.root.json").to_bytes())
+    client.refresh()
+    assert client.get_targetinfo(f"hello/{PLATFORM}/hello-1.0.0.tar.zst") is not None
+
+
+def test_rotate_keys_refuses_no_role(repo: Path) -> None:
+    with pytest.raises(UsageError, match="not a role"):
+        rotate_keys(repo, ())
