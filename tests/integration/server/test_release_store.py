@@ -14,7 +14,8 @@ from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, TargetFile
 from tuf.ngclient import Updater
 
-from fleetup.repository import FileRepository, RepoConfig, RepoLayout, key_path, load_signer
+from fleetup.repository import FileRepository, RepoConfig, key_path, load_signer
+from fleetup.server._store import store_layout
 from tests.integration.server.conftest import Fleet
 from tests.support.fleet import cli, wait_for
 
@@ -67,7 +68,7 @@ def test_the_data_directory_cannot_get_a_device_to_install_anything_new(
     client = updater(fleet, tmp_path / "device")
     client.refresh()
     data = fleet.server.data
-    layout = RepoLayout(data / "repo")
+    layout = store_layout(data)
     repo = FileRepository(layout, RepoConfig.load(layout.config))
     root = repo.root()
     for role in ("snapshot", "timestamp"):
