@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Timestamp
 
+from fleetup._facts import ReleaseFacts
 from fleetup.cli import main
 from fleetup.errors import HTTPStatusError, RollbackAttackError
 from fleetup.repository import RepoLayout, init_repo, load_signer
@@ -201,23 +202,36 @@ def _repo_serve_traversal(tmp_path: Path) -> None:
         process.wait(timeout=10)
 
 
-def _fast_forward(public: Path, keys: Path) -> None:
-    """What a holder of the online keys serves: snapshot and timestamp at version 1000,
-    the snapshot claiming targets version 1000 too."""
+def _resign(public: Path, keys: Path, version: int, targets_version: int) -> None:
+    """What a holder of the online keys can serve: the current snapshot re-signed as
+    ``version`` naming targets ``targets_version``, and a timestamp ``version`` for it."""
     root = Metadata[Root].from_file(str(public / "metadata/root.json")).signed
     signers = {role: load_signer(keys / f"{role}.key", None, set(root.roles[role].keyids),
                                  role) for role in ("snapshot", "timestamp")}
     timestamp = Metadata[Timestamp].from_file(str(public / "metadata/timestamp.json"))
     name = f"{timestamp.signed.snapshot_meta.version}.snapshot.json"
     snapshot = Metadata[Snapshot].from_file(str(public / "metadata" / name))
-    snapshot.signed.version = 1000
-    snapshot.signed.meta["targets.json"] = MetaFile(version=1000)
+    snapshot.signed.version = version
+    snapshot.signed.meta["targets.json"] = MetaFile(version=targets_version)
     snapshot.sign(signers["snapshot"])
-    snapshot.to_file(str(public / "metadata/1000.snapshot.json"))
-    timestamp.signed.version = 1000
-    timestamp.signed.snapshot_meta = MetaFile(version=1000)
+    snapshot.to_file(str(public / f"metadata/{version}.snapshot.json"))
+    timestamp.signed.version = version
+    timestamp.signed.snapshot_meta = MetaFile(version=version)
     timestamp.sign(signers["timestamp"])
     timestamp.to_file(str(public / "metadata/timestamp.json"))
+
+
+def _device(url: str, public: Path, device: Path) -> Callable[[], list[ReleaseFacts]]:
+    """A device's view through the agent's own TUF source: one refresh, its releases."""
+    from fleetup.agent._trust import TufReleaseSource
+
+    def releases() -> list[ReleaseFacts]:
+        with TufReleaseSource(device / "tuf", device / "downloads", url,
+                              public / "metadata/1.root.json") as source:
+            source.refresh()
+            return source.releases(APP, PLATFORM)
+
+    return releases
 
 
 @attack(ATTACKS, "repository.fast-forward-recovery", attacker="stolen-server",
@@ -225,24 +239,18 @@ def _fast_forward(public: Path, keys: Path) -> None:
                 "timestamp in one root, and a device locked out by fast-forwarded "
                 "versions updates again")
 def _fast_forward_recovery(tmp_path: Path) -> None:
-    from fleetup.agent._trust import TufReleaseSource
-
     repo = SampleRepo.create(tmp_path)
     public = RepoLayout(repo.path).metadata.parent
     repo.publish("1.0")
     with static_host(public) as url:
-        device = tmp_path / "device"
+        device = _device(url, public, tmp_path / "device")
 
         def releases() -> list[str]:
-            source = TufReleaseSource(device / "tuf", device / "downloads", url,
-                                      public / "metadata/1.root.json")
-            with source:
-                source.refresh()
-                return [f.version for f in source.releases(APP, PLATFORM)]
+            return [f.version for f in device()]
 
         assert releases() == ["1.0"]
         genuine = (public / "metadata/timestamp.json").read_bytes()
-        _fast_forward(public, repo.path / "keys")
+        _resign(public, repo.path / "keys", 1000, 1000)
         with pytest.raises(HTTPStatusError):  # the forged snapshot's targets v1000 is absent
             releases()
         (public / "metadata/timestamp.json").write_bytes(genuine)
@@ -260,3 +268,30 @@ def _fast_forward_recovery(tmp_path: Path) -> None:
 @rows(ATTACKS)
 def test_attack(row: Attack, request: pytest.FixtureRequest) -> None:
     run_row(row, request)
+
+
+def test_pre_yank_replay_reaches_only_devices_that_never_saw_the_yank(tmp_path: Path) -> None:
+    """A TUF limit, written down in docs/security.md: an online-key holder re-serves the
+    targets metadata from before a yank with a fresh snapshot and timestamp."""
+    repo = SampleRepo.create(tmp_path)
+    public = RepoLayout(repo.path).metadata.parent
+    repo.publish("1.0")
+    repo.publish("1.1")
+    with static_host(public) as url:
+        unaware = _device(url, public, tmp_path / "unaware")
+        aware = _device(url, public, tmp_path / "aware")
+        assert [f.yanked for f in unaware()] == [False, False]
+        pre_yank = Metadata[Timestamp].from_file(str(public / "metadata/timestamp.json"))
+        targets_version = _snapshot_targets_version(public, pre_yank.signed)
+        repo.yank("1.1")
+        assert [f.yanked for f in aware()] == [False, True]
+        _resign(public, repo.path / "keys", 100, targets_version)
+        assert [f.yanked for f in unaware()] == [False, False]  # the limit
+        with pytest.raises(RollbackAttackError):
+            aware()  # a device that saw the yank never goes back
+
+
+def _snapshot_targets_version(public: Path, timestamp: Timestamp) -> int:
+    name = f"{timestamp.snapshot_meta.version}.snapshot.json"
+    snapshot = Metadata[Snapshot].from_file(str(public / "metadata" / name)).signed
+    return snapshot.meta["targets.json"].version
