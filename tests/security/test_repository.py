@@ -25,13 +25,14 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     load_pem_private_key,
 )
-from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Timestamp
+from tuf.api.metadata import Metadata, Snapshot, Timestamp
 
 from fleetup._facts import ReleaseFacts
 from fleetup.cli import main
 from fleetup.errors import HTTPStatusError, RollbackAttackError
-from fleetup.repository import RepoLayout, init_repo, load_signer
+from fleetup.repository import RepoLayout, init_repo
 from tests.security._table import ATTACKERS, Attack, attack, rows, run_row
+from tests.support.online_keys import resign_online
 from tests.support.releases import APP, PLATFORM, SampleRepo
 
 assert "publisher-fs" in ATTACKERS
@@ -202,25 +203,6 @@ def _repo_serve_traversal(tmp_path: Path) -> None:
         process.wait(timeout=10)
 
 
-def _resign(public: Path, keys: Path, version: int, targets_version: int) -> None:
-    """What a holder of the online keys can serve: the current snapshot re-signed as
-    ``version`` naming targets ``targets_version``, and a timestamp ``version`` for it."""
-    root = Metadata[Root].from_file(str(public / "metadata/root.json")).signed
-    signers = {role: load_signer(keys / f"{role}.key", None, set(root.roles[role].keyids),
-                                 role) for role in ("snapshot", "timestamp")}
-    timestamp = Metadata[Timestamp].from_file(str(public / "metadata/timestamp.json"))
-    name = f"{timestamp.signed.snapshot_meta.version}.snapshot.json"
-    snapshot = Metadata[Snapshot].from_file(str(public / "metadata" / name))
-    snapshot.signed.version = version
-    snapshot.signed.meta["targets.json"] = MetaFile(version=targets_version)
-    snapshot.sign(signers["snapshot"])
-    snapshot.to_file(str(public / f"metadata/{version}.snapshot.json"))
-    timestamp.signed.version = version
-    timestamp.signed.snapshot_meta = MetaFile(version=version)
-    timestamp.sign(signers["timestamp"])
-    timestamp.to_file(str(public / "metadata/timestamp.json"))
-
-
 def _device(url: str, public: Path, device: Path) -> Callable[[], list[ReleaseFacts]]:
     """A device's view through the agent's own TUF source: one refresh, its releases."""
     from fleetup.agent._trust import TufReleaseSource
@@ -250,7 +232,7 @@ def _fast_forward_recovery(tmp_path: Path) -> None:
 
         assert releases() == ["1.0"]
         genuine = (public / "metadata/timestamp.json").read_bytes()
-        _resign(public, repo.path / "keys", 1000, 1000)
+        resign_online(public, repo.path / "keys", 1000, 1000)
         with pytest.raises(HTTPStatusError):  # the forged snapshot's targets v1000 is absent
             releases()
         (public / "metadata/timestamp.json").write_bytes(genuine)
@@ -285,7 +267,7 @@ def test_pre_yank_replay_reaches_only_devices_that_never_saw_the_yank(tmp_path: 
         targets_version = _snapshot_targets_version(public, pre_yank.signed)
         repo.yank("1.1")
         assert [f.yanked for f in aware()] == [False, True]
-        _resign(public, repo.path / "keys", 100, targets_version)
+        resign_online(public, repo.path / "keys", 100, targets_version)
         assert [f.yanked for f in unaware()] == [False, False]  # the limit
         with pytest.raises(RollbackAttackError):
             aware()  # a device that saw the yank never goes back
