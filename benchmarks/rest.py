@@ -73,7 +73,7 @@ def run(ctx: Context) -> Result:
                     "--version", "1.0.0", "--platform", PLATFORM], check=True, env=env,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     result = Result(TITLE, ["process", f"peak RSS over {seconds:.0f} s", "peak PSS", "CPU"])
-    with _http_server(repo) as url:
+    with _http_server(repo / "public") as url:
         root = ctx.scratch / "device"
         config = ctx.scratch / "agent.toml"
         config.write_text(f"""app = "{APP}"

@@ -119,7 +119,7 @@ def _publish(repo: Path, tree: Path, version: str) -> None:
 
 def _archive_url(repo: Path, url: str, version: str) -> tuple[str, int]:
     (path,) = (repo / "public/targets" / APP / PLATFORM).glob(f"*.{APP}-{version}.tar.zst")
-    return url + str(path.relative_to(repo)), path.stat().st_size
+    return url + str(path.relative_to(repo / "public")), path.stat().st_size
 
 
 def _config(path: Path, root: Path, url: str, repo: Path, deltas: bool,
@@ -184,7 +184,7 @@ def run(ctx: Context) -> Result:
                           (patched, "2.0.1")):
         _publish(repo, tree, version)
     result = Result(TITLE, ["case", "tool", "seconds (median)", "peak MB", "bytes fetched"])
-    with _http_server(repo) as url:
+    with _http_server(repo / "public") as url:
         base = ctx.scratch / "device-1.0.0"
         cfg = _config(ctx.scratch / "base.toml", base, url, repo, deltas=False)
         subprocess.run([sys.executable, "-m", "fleetup", "agent", "-c", str(cfg), "update",
