@@ -51,7 +51,7 @@ from fleetup.repository import (
     target_file_name,
 )
 
-__all__ = ["PushOutcome", "ReleaseStore", "StoredRelease", "init_store"]
+__all__ = ["PushOutcome", "ReleaseStore", "StoredRelease", "init_store", "store_layout"]
 
 ONLINE_ROLES = (Snapshot.type, Timestamp.type)
 
