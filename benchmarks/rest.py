@@ -73,13 +73,13 @@ def run(ctx: Context) -> Result:
                     "--version", "1.0.0", "--platform", PLATFORM], check=True, env=env,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     result = Result(TITLE, ["process", f"peak RSS over {seconds:.0f} s", "peak PSS", "CPU"])
-    with _http_server(repo) as url:
+    with _http_server(repo / "public") as url:
         root = ctx.scratch / "device"
         config = ctx.scratch / "agent.toml"
         config.write_text(f"""app = "{APP}"
 root = "{root}"
 repo_url = "{url}"
-trusted_root = "{repo / 'metadata' / '1.root.json'}"
+trusted_root = "{repo / 'public' / 'metadata' / '1.root.json'}"
 platform = "{PLATFORM}"
 poll_interval = 10
 poll_jitter = 0.0

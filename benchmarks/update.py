@@ -118,8 +118,8 @@ def _publish(repo: Path, tree: Path, version: str) -> None:
 
 
 def _archive_url(repo: Path, url: str, version: str) -> tuple[str, int]:
-    (path,) = (repo / "targets" / APP / PLATFORM).glob(f"*.{APP}-{version}.tar.zst")
-    return url + str(path.relative_to(repo)), path.stat().st_size
+    (path,) = (repo / "public/targets" / APP / PLATFORM).glob(f"*.{APP}-{version}.tar.zst")
+    return url + str(path.relative_to(repo / "public")), path.stat().st_size
 
 
 def _config(path: Path, root: Path, url: str, repo: Path, deltas: bool,
@@ -127,7 +127,7 @@ def _config(path: Path, root: Path, url: str, repo: Path, deltas: bool,
     path.write_text(f"""app = "{APP}"
 root = "{root}"
 repo_url = "{url}"
-trusted_root = "{repo / 'metadata' / '1.root.json'}"
+trusted_root = "{repo / 'public' / 'metadata' / '1.root.json'}"
 platform = "{PLATFORM}"
 [health]
 startup_grace = 0.0
@@ -184,7 +184,7 @@ def run(ctx: Context) -> Result:
                           (patched, "2.0.1")):
         _publish(repo, tree, version)
     result = Result(TITLE, ["case", "tool", "seconds (median)", "peak MB", "bytes fetched"])
-    with _http_server(repo) as url:
+    with _http_server(repo / "public") as url:
         base = ctx.scratch / "device-1.0.0"
         cfg = _config(ctx.scratch / "base.toml", base, url, repo, deltas=False)
         subprocess.run([sys.executable, "-m", "fleetup", "agent", "-c", str(cfg), "update",
@@ -247,7 +247,8 @@ def run(ctx: Context) -> Result:
         subprocess.run([sys.executable, "-m", "fleetup", "agent", "-c", str(cfg2), "update",
                         "--version", "2.0.0", "--no-progress"], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deltas = list((repo / "targets" / APP / PLATFORM / "deltas").glob("*2.0.0_to_2.0.1*"))
+        deltas = list((repo / "public/targets" / APP / PLATFORM / "deltas")
+                      .glob("*2.0.0_to_2.0.1*"))
         delta_size = deltas[0].stat().st_size if deltas else 0
         delta_runs = _agent_runs(ctx, at_200, (cfg2, url, repo, True), "2.0.1", "delta")
         new_url, new_size = _archive_url(repo, url, "2.0.1")

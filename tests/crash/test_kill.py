@@ -61,14 +61,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         published = publish(repo, work, version, files=60, file_size=16384, seed=7,
                             **kwargs)  # type: ignore[arg-type]
         digests[version] = published.digest
-    with serve_directory(repo, work) as server:
+    with serve_directory(repo / "public", work) as server:
         baseline = work / "baseline"
         config = write_config(work / "baseline.toml", baseline, server.url,
-                              repo / "metadata" / "1.root.json")
+                              repo / "public/metadata" / "1.root.json")
         first = run_agent(config, "update", "--version", "1.0.0")
         assert first.returncode == 0, first.stderr
         (baseline / "data" / "user.db").write_bytes(b"precious user data" * 100)
-        yield World(repo, server.url, repo / "metadata" / "1.root.json", baseline, digests,
+        yield World(repo, server.url, repo / "public/metadata" / "1.root.json", baseline, digests,
                     work)
 
 

@@ -92,10 +92,10 @@ def test_daemon_supervises_updates_reloads_modules_and_stops(tmp_path: Path) -> 
     extra = {"bin/app": APP, "modules/recorder.py": RECORDER, "modules/broken.py": BROKEN}
     publish(repo, tmp_path, "1.0.0", extra=extra)
     port = _free_port()
-    with serve_directory(repo, tmp_path) as server:
+    with serve_directory(repo / "public", tmp_path) as server:
         config = write_config(
             tmp_path / "agent.toml", tmp_path / "device", server.url,
-            repo / "metadata" / "1.root.json",
+            repo / "public/metadata" / "1.root.json",
             extra=f"""
 [process]
 command = ["./bin/app"]

@@ -45,13 +45,13 @@ def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Path, StaticServer]]:
     repo = new_repo(tmp_path / "repo")
-    with serve_directory(repo, tmp_path, access_log=tmp_path / "access.log") as server:
+    with serve_directory(repo / "public", tmp_path, access_log=tmp_path / "access.log") as server:
         yield repo, server
 
 
 def _config(tmp_path: Path, server: StaticServer, repo: Path, **kwargs: str) -> Path:
     return write_config(tmp_path / "agent.toml", tmp_path / "device", server.url,
-                        repo / "metadata" / "1.root.json", **kwargs)
+                        repo / "public/metadata" / "1.root.json", **kwargs)
 
 
 def test_install_update_bad_release_manual_rollback_and_yank(
@@ -134,7 +134,7 @@ def installed(tmp_path: Path, served: tuple[Path, StaticServer]
 
 
 def _archive_file(repo: Path, version: str) -> Path:
-    (path,) = (repo / "targets" / "hello" / "linux-x86_64").glob(f"*.hello-{version}.tar.zst")
+    (path,) = (repo / "public/targets/hello/linux-x86_64").glob(f"*.hello-{version}.tar.zst")
     return path
 
 
@@ -181,10 +181,10 @@ def test_replayed_old_metadata_is_refused(tmp_path: Path,
                                           installed: tuple[Path, StaticServer, Path, str]
                                           ) -> None:
     repo, _, config, digest = installed
-    old_timestamp = (repo / "metadata" / "timestamp.json").read_bytes()
+    old_timestamp = (repo / "public/metadata" / "timestamp.json").read_bytes()
     publish(repo, tmp_path, "1.2.0", files=8, file_size=20000)
     assert run_agent(config, "check").returncode == 10  # the device saw the newer state
-    (repo / "metadata" / "timestamp.json").write_bytes(old_timestamp)
+    (repo / "public/metadata" / "timestamp.json").write_bytes(old_timestamp)
     _assert_refused(tmp_path, config, digest, "")
     result = run_agent(config, "check")
     assert result.returncode == 1
@@ -196,7 +196,7 @@ def test_expired_metadata_is_refused(tmp_path: Path) -> None:
     init = _fleetup("repo", "init", str(repo), "--expires", "timestamp=0.00002")  # ~2 s
     assert init.returncode == 0, init.stderr
     publish(repo, tmp_path, "1.0.0")
-    with serve_directory(repo, tmp_path) as server:
+    with serve_directory(repo / "public", tmp_path) as server:
         config = _config(tmp_path, server, repo)
         time.sleep(2.5)
         result = run_agent(config, "update", "--no-progress")
@@ -211,11 +211,11 @@ def test_forged_signature_is_refused(tmp_path: Path,
     from tuf.api.metadata import Metadata
 
     repo, _, config, digest = installed
-    timestamp = Metadata.from_file(str(repo / "metadata" / "timestamp.json"))
+    timestamp = Metadata.from_file(str(repo / "public/metadata" / "timestamp.json"))
     timestamp.signed.version += 1
     timestamp.signatures.clear()
     timestamp.sign(CryptoSigner.generate_ed25519())
-    timestamp.to_file(str(repo / "metadata" / "timestamp.json"))
+    timestamp.to_file(str(repo / "public/metadata" / "timestamp.json"))
     _assert_refused(tmp_path, config, digest, "")
     assert "signature" in run_agent(config, "check").stderr.lower()
 
@@ -281,7 +281,8 @@ def _wait_for_part(device: Path, at_least: int, timeout: float = 30) -> int:
 def test_download_cut_by_a_dead_server_resumes_after_restart(tmp_path: Path) -> None:
     repo = new_repo(tmp_path / "repo")
     _big_release(repo, tmp_path)
-    server = StaticServer(repo, tmp_path, rate=400_000, access_log=tmp_path / "a.log").start()
+    server = StaticServer(repo / "public", tmp_path, rate=400_000,
+                          access_log=tmp_path / "a.log").start()
     try:
         config = _config(tmp_path, server, repo)
         agent = subprocess.Popen([*FLEETUP, "agent", "-c", str(config), "update",
@@ -307,7 +308,7 @@ def test_download_cut_by_a_dead_server_resumes_after_restart(tmp_path: Path) -> 
 def test_download_resumes_after_the_agent_is_killed(tmp_path: Path) -> None:
     repo = new_repo(tmp_path / "repo")
     _big_release(repo, tmp_path)
-    with serve_directory(repo, tmp_path, rate=400_000,
+    with serve_directory(repo / "public", tmp_path, rate=400_000,
                          access_log=tmp_path / "a.log") as server:
         config = _config(tmp_path, server, repo)
         agent = subprocess.Popen([*FLEETUP, "agent", "-c", str(config), "update",

@@ -69,7 +69,7 @@ def _config(world_dir: Path, server: FleetServer, repo: Path, enrollment: str, i
 root = "{root}"
 server_url = "{server.url}/"
 enrollment_token = "{enrollment}"
-trusted_root = "{repo / 'metadata' / '1.root.json'}"
+trusted_root = "{repo / 'public' / 'metadata' / '1.root.json'}"
 device_id = "dev-{i:02d}"
 platform = "{PLATFORM}"
 

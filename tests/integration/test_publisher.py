@@ -86,7 +86,7 @@ def test_publisher_commands_end_to_end_with_encrypted_keys(tmp_path: Path) -> No
     env = {"FLEETUP_PW": "correct horse battery staple"}
     pw = ("--passphrase-env", "FLEETUP_PW")
     init = ok_json(fleetup("repo", "init", repo, *pw, "--json", env=env))
-    assert init["trusted_root"] == str(repo / "metadata/1.root.json")
+    assert init["trusted_root"] == str(repo / "public/metadata/1.root.json")
     for key in (repo / "keys").iterdir():
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
         assert key.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
@@ -109,7 +109,7 @@ def test_publisher_commands_end_to_end_with_encrypted_keys(tmp_path: Path) -> No
     # Every role is rotated as a subprocess in test_tuf_client_reads_repo.py; here the
     # point is that the new key is written encrypted with the same passphrase.
     ok_json(fleetup("keys", "rotate", "--repo", repo, "targets", *pw, "--json", env=env))
-    assert (repo / "metadata/2.root.json").is_file()
+    assert (repo / "public/metadata/2.root.json").is_file()
     assert sorted(p.name for p in (repo / "keys").iterdir()) == [
         "root.key", "snapshot.key", "targets.key", "timestamp.key"]
     assert (repo / "keys/targets.key").read_bytes().startswith(b"-----BEGIN ENCRYPTED")
@@ -144,7 +144,7 @@ def _unreadable(tree: Path) -> list[str]:
 
 
 def _wait_until_expired(repo: Path, name: str) -> None:
-    raw = json.loads((repo / "metadata" / name).read_bytes())["signed"]["expires"]
+    raw = json.loads((repo / "public/metadata" / name).read_bytes())["signed"]["expires"]
     expires = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     while datetime.now(expires.tzinfo) <= expires:
         time.sleep(0.05)
@@ -298,7 +298,7 @@ class Observer:
 
     def __init__(self, server: StaticServer, repo: Path, workdir: Path) -> None:
         self.server = server
-        self.trusted_root = (repo / "metadata/1.root.json").read_bytes()
+        self.trusted_root = (repo / "public/metadata/1.root.json").read_bytes()
         self.workdir = workdir
         self.count = 0
 
@@ -308,8 +308,8 @@ class Observer:
         for sub in ("metadata", "downloads"):
             (work / sub).mkdir(parents=True, exist_ok=True)
         bootstrap = None if (work / "metadata/root.json").exists() else self.trusted_root
-        return Updater(str(work / "metadata"), f"{self.server.url}repo/metadata/",
-                       str(work / "downloads"), f"{self.server.url}repo/targets/",
+        return Updater(str(work / "metadata"), f"{self.server.url}repo/public/metadata/",
+                       str(work / "downloads"), f"{self.server.url}repo/public/targets/",
                        bootstrap=bootstrap)
 
     def state(self, client: Updater | None = None) -> str:

@@ -78,7 +78,7 @@ def world(tmp_path: Path, nats_server: NatsServer) -> Iterator[World]:
 root = "{root}"
 server_url = "{server.url}/"
 enrollment_token = "{enrollment}"
-trusted_root = "{repo / 'metadata' / '1.root.json'}"
+trusted_root = "{repo / 'public' / 'metadata' / '1.root.json'}"
 platform = "{PLATFORM}"
 poll_interval = {HOUR}
 

@@ -75,13 +75,14 @@ def repo(pristine: Path, tmp_path: Path) -> Path:
 
 
 def archive_of(repo: Path, version: str) -> Path:
-    found, = (repo / "targets" / APP / PLATFORM).glob(f"*.{APP}-{version}.tar.zst")
+    found, = (repo / "public/targets" / APP / PLATFORM).glob(f"*.{APP}-{version}.tar.zst")
     return found
 
 
 def metadata_file(repo: Path, role: str) -> Path:
-    versions = [int(p.name.split(".")[0]) for p in (repo / "metadata").glob(f"*.{role}.json")]
-    return repo / "metadata" / f"{max(versions)}.{role}.json"
+    versions = [int(p.name.split(".")[0])
+                for p in (repo / "public/metadata").glob(f"*.{role}.json")]
+    return repo / "public/metadata" / f"{max(versions)}.{role}.json"
 
 
 def resign_with_a_rogue_key(path: Path) -> None:
@@ -101,7 +102,7 @@ class Device:
         self.root = root
         self.trusted_root = root / "shipped-root.json"
         root.mkdir()
-        shutil.copyfile(repo / "metadata" / "1.root.json", self.trusted_root)
+        shutil.copyfile(repo / "public/metadata" / "1.root.json", self.trusted_root)
 
     @property
     def tuf(self) -> Path:
@@ -136,7 +137,7 @@ def device(tmp_path: Path, repo: Path) -> Device:
 
 @pytest.fixture
 def served(repo: Path, tmp_path: Path) -> Iterator[StaticServer]:
-    with serve_directory(repo, tmp_path) as server:
+    with serve_directory(repo / "public", tmp_path) as server:
         yield server
 
 
@@ -256,11 +257,11 @@ def test_an_artifact_missing_on_the_server_is_an_http_error(
 
 def test_a_replayed_older_timestamp_is_refused(device: Device, served: StaticServer,
                                                repo: Path, tmp_path: Path) -> None:
-    old = (repo / "metadata" / "timestamp.json").read_bytes()
+    old = (repo / "public/metadata" / "timestamp.json").read_bytes()
     publish(repo, tmp_path, "3.0.0")
     device.source(served).refresh()
     seen = device.trusted_version("timestamp")
-    (repo / "metadata" / "timestamp.json").write_bytes(old)
+    (repo / "public/metadata" / "timestamp.json").write_bytes(old)
     with pytest.raises(RollbackAttackError) as caught:
         device.source(served).refresh()
     assert "timestamp version" in one_line(caught.value)
@@ -315,7 +316,7 @@ def test_expired_metadata_is_refused_naming_role_and_date(
         publisher.commit()
     expires = past + timedelta(days={"timestamp": 1, "snapshot": 7, "targets": 90}[role])
     device = Device(tmp_path / "device", repo)
-    with serve_directory(repo, tmp_path) as server, pytest.raises(TrustError) as caught:
+    with serve_directory(repo / "public", tmp_path) as server, pytest.raises(TrustError) as caught:
         device.source(server).refresh()
     assert f"the repository's {role} metadata expired at " \
            f"{expires.strftime('%Y-%m-%dT%H:%M:%SZ')}" in one_line(caught.value)
@@ -325,7 +326,7 @@ def test_expired_metadata_is_refused_naming_role_and_date(
 @pytest.mark.parametrize("role", ["timestamp", "targets"])
 def test_metadata_signed_by_a_key_not_in_root_is_refused(device: Device, served: StaticServer,
                                                          repo: Path, role: str) -> None:
-    path = repo / "metadata" / "timestamp.json" if role == "timestamp" \
+    path = repo / "public/metadata" / "timestamp.json" if role == "timestamp" \
         else metadata_file(repo, role)
     resign_with_a_rogue_key(path)
     with pytest.raises(TrustError, match="bad signature") as caught:
@@ -339,7 +340,7 @@ def test_huge_metadata_is_cut_at_its_length_cap(device: Device, served: StaticSe
                                                 repo: Path) -> None:
     device.source(served).refresh()
     trusted = (device.tuf / "timestamp.json").read_bytes()
-    (repo / "metadata" / "timestamp.json").write_bytes(b"{" + b" " * 5_000_000 + b"}")
+    (repo / "public/metadata" / "timestamp.json").write_bytes(b"{" + b" " * 5_000_000 + b"}")
     with pytest.raises(IntegrityError) as caught:
         device.source(served).refresh()
     assert "timestamp.json" in one_line(caught.value)
@@ -351,7 +352,7 @@ def test_huge_metadata_is_cut_at_its_length_cap(device: Device, served: StaticSe
 
 def test_a_server_slower_than_the_deadline_is_given_up(device: Device, repo: Path,
                                                        tmp_path: Path) -> None:
-    with serve_directory(repo, tmp_path, rate=60_000) as slow:
+    with serve_directory(repo / "public", tmp_path, rate=60_000) as slow:
         source = device.source(slow, deadline=1.5)
         target, dest = newest(source)
         with pytest.raises(DeadlineExceededError) as caught:
@@ -399,7 +400,7 @@ class _CountedStream(httpx.SyncByteStream):
 
 def test_a_download_cut_by_a_dead_server_resumes_after_restart(
         device: Device, repo: Path, tmp_path: Path) -> None:
-    server = StaticServer(repo, tmp_path, rate=100_000).start()
+    server = StaticServer(repo / "public", tmp_path, rate=100_000).start()
     try:
         source = device.source(server)
         target, dest = newest(source)
@@ -558,7 +559,7 @@ def test_real_server_ignoring_range_makes_it_start_over(tmp_path: Path) -> None:
 
 def test_real_connection_refused_is_a_network_error(device: Device, repo: Path,
                                                     tmp_path: Path) -> None:
-    server = StaticServer(repo, tmp_path).start()
+    server = StaticServer(repo / "public", tmp_path).start()
     server.stop()
     with pytest.raises(NetworkError) as caught:
         device.source(server).refresh()

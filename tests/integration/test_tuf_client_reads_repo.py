@@ -43,11 +43,11 @@ def fleetup(*args: str | Path) -> Any:
 
 def published_targets(repo: Path) -> dict[str, Any]:
     """The target list of the newest committed targets metadata, read from disk."""
-    timestamp = json.loads((repo / "metadata/timestamp.json").read_bytes())["signed"]
+    timestamp = json.loads((repo / "public/metadata/timestamp.json").read_bytes())["signed"]
     snapshot_version = timestamp["meta"]["snapshot.json"]["version"]
-    snapshot = json.loads((repo / f"metadata/{snapshot_version}.snapshot.json").read_bytes())
+    snapshot = json.loads((repo / f"public/metadata/{snapshot_version}.snapshot.json").read_bytes())
     targets_version = snapshot["signed"]["meta"]["targets.json"]["version"]
-    body = json.loads((repo / f"metadata/{targets_version}.targets.json").read_bytes())
+    body = json.loads((repo / f"public/metadata/{targets_version}.targets.json").read_bytes())
     targets: dict[str, Any] = body["signed"]["targets"]
     return targets
 
@@ -97,12 +97,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     work = tmp_path_factory.mktemp("tuf-interop")
     repo = work / "repo"
     fleetup("repo", "init", repo)
-    trusted_root = (repo / "metadata/1.root.json").read_bytes()
+    trusted_root = (repo / "public/metadata/1.root.json").read_bytes()
     for version in ("1.0.0", "1.1.0", "1.2.0"):
         tree = sample_app(work / "src" / version, version)
         fleetup("release", "add", tree, "--repo", repo, "--app", APP, "--version", version,
                 "--platform", PLATFORM)
-    with serve_directory(repo, work) as server:
+    with serve_directory(repo / "public", work) as server:
         yield World(work, repo, server, trusted_root)
 
 
@@ -147,7 +147,7 @@ def test_rotations_of_every_key_and_a_yank_keep_old_clients_updating(world: Worl
 
     for n, role in enumerate(("root", "targets", "snapshot", "timestamp"), start=2):
         rotated = fleetup("keys", "rotate", "--repo", repo, role)
-        root = json.loads((repo / f"metadata/{n}.root.json").read_bytes())["signed"]
+        root = json.loads((repo / f"public/metadata/{n}.root.json").read_bytes())["signed"]
         assert root["roles"][role]["keyids"] == [rotated["keyid"]]
         verify_everything(world.client(f"fresh-{role}"), repo)      # from root v1
         verify_everything(world.client("steady", bootstrap=False), repo)
@@ -178,7 +178,7 @@ def test_the_client_refuses_an_artifact_changed_on_the_server(world: World) -> N
     client.refresh()
     info = client.get_targetinfo(f"{APP}/{PLATFORM}/{APP}-1.0.0.tar.zst")
     assert info is not None
-    stored = next((world.repo / "targets" / APP / PLATFORM).glob(f"*.{APP}-1.0.0.tar.zst"))
+    stored = next((world.repo / "public/targets" / APP / PLATFORM).glob(f"*.{APP}-1.0.0.tar.zst"))
     original = stored.read_bytes()
     try:
         stored.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))

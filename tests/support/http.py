@@ -19,6 +19,9 @@ class StaticServer:
 
     def __init__(self, directory: Path, workdir: Path, rate: int | None = None,
                  access_log: Path | None = None) -> None:
+        if (directory / "keys").exists():
+            # What devices read is REPO/public; serving REPO would serve its keys.
+            raise ValueError(f"{directory} holds keys/: serve its public/ folder instead")
         self.directory = directory
         self.rate = rate
         self.access_log = access_log

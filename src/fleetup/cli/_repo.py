@@ -32,7 +32,8 @@ def init(repo_dir: Path, expires_days: float | None, role_expiry: tuple[str, ...
          delta_methods: str | None, passphrase_env: str | None, as_json: bool) -> None:
     """Create a repository: ed25519 keys for root, targets, snapshot and timestamp.
 
-    Serving REPO with any static HTTP server is a complete static-mode update source.
+    Serving REPO/public (and nothing above it) with any static HTTP server is a
+    complete static-mode update source; the keys stay in REPO/keys.
     """
     from fleetup.repository import init_repo, passphrase_from_env
 
@@ -50,10 +51,11 @@ def init(repo_dir: Path, expires_days: float | None, role_expiry: tuple[str, ...
     root_file = layout.metadata / "1.root.json"
     if as_json:
         emit_json({"repo": str(repo_dir), "trusted_root": str(root_file),
-                   "keys": str(layout.keys)})
+                   "public": str(layout.public), "keys": str(layout.keys)})
     else:
         say(f"created repository {repo_dir}")
         say(f"  ship {root_file} to devices as their trusted_root")
+        say(f"  serve {layout.public} (only that folder) as their repo_url")
         say(f"  keep {layout.keys} secret (root and targets keys belong offline)")
 
 
@@ -93,3 +95,48 @@ def refresh(repo_dir: Path, roles: tuple[str, ...], passphrase_env: str | None,
         emit_json(versions)
     else:
         say("re-signed " + ", ".join(f"{r} (v{v})" for r, v in versions.items()))
+
+
+@repo.command("migrate")
+@click.argument("repo_dir", metavar="REPO", type=click.Path(file_okay=False, path_type=Path))
+@json_option
+def migrate(repo_dir: Path, as_json: bool) -> None:
+    """Convert a repository of the old layout: move metadata/ and targets/ under public/.
+
+    Safe to run again (after a crash, or on a converted repository).
+    """
+    from fleetup.repository import migrate_layout
+
+    moved = migrate_layout(repo_dir)
+    public = repo_dir / "public"
+    if as_json:
+        emit_json({"repo": str(repo_dir), "public": str(public), "moved": moved})
+        return
+    if not moved:
+        say(f"{repo_dir} already has the current layout: serve {public}")
+        return
+    say(f"moved {', '.join(f'{m}/' for m in moved)} to {public}: serve {public} from now on")
+    say(f"  if {repo_dir} itself was ever served, its private keys were readable: rotate "
+        f"them (`fleetup keys rotate --repo {repo_dir} ROLE` for each role)")
+
+
+@repo.command("serve")
+@click.argument("repo_dir", metavar="REPO", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Port on 127.0.0.1 (0: any free port).")
+def serve(repo_dir: Path, port: int) -> None:
+    """Serve REPO/public (and nothing above it) on 127.0.0.1, for trying things out.
+
+    Devices use http://127.0.0.1:PORT/ as their repo_url. Stop with Ctrl-C.
+    """
+    from fleetup.repository._serve import public_server
+
+    server = public_server(repo_dir, port)
+    host, bound = server.server_address[:2]
+    say(f"serving {repo_dir / 'public'} at http://{host!s}:{bound}/ (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        say("stopped")
+    finally:
+        server.server_close()

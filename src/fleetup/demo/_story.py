@@ -240,7 +240,7 @@ class Story:
 root = "{root}"
 server_url = "{self.url}/"
 enrollment_token = "{enrollment}"
-trusted_root = "{self.work / self.repo / 'metadata' / '1.root.json'}"
+trusted_root = "{self.work / self.repo / 'public' / 'metadata' / '1.root.json'}"
 device_id = "{device}"
 poll_interval = 2
 poll_jitter = 0.3

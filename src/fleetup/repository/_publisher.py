@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from packaging.version import Version
+from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Root, Snapshot, TargetFile, Targets, Timestamp
 
 from fleetup._archive import build_archive, extract_archive
@@ -51,6 +52,7 @@ from fleetup.errors import (
     UsageError,
 )
 from fleetup.repository._keys import ROLES, generate_key, key_path, load_signer, save_key
+from fleetup.repository._migrate import check_layout
 from fleetup.repository._store import (
     FileRepository,
     RepoConfig,
@@ -70,6 +72,7 @@ __all__ = [
     "open_repository",
     "refresh_repo",
     "rotate_key",
+    "rotate_keys",
     "yank_release",
 ]
 
@@ -97,7 +100,7 @@ def init_repo(path: Path, *, expiry_days: Mapping[str, float] | None = None,
     layout = RepoLayout(path)
     created = not path.exists()
     try:
-        for directory in (layout.metadata, layout.targets, layout.keys):
+        for directory in (layout.public, layout.metadata, layout.targets, layout.keys):
             directory.mkdir(parents=True, exist_ok=True)
         layout.keys.chmod(0o700)
         signers = {role: generate_key() for role in ROLES}
@@ -131,10 +134,12 @@ def open_repository(path: Path, roles: Sequence[str], passphrase: bytes | None,
     """Open the repository at ``path`` with signers loaded for ``roles``.
 
     Raises:
-        RepositoryError: not a repository, or its metadata is missing or corrupt.
+        RepositoryError: not a repository, in the old layout, or its metadata is missing
+            or corrupt.
         SigningKeyError: a needed key is missing, wrong or cannot be decrypted.
     """
     layout = RepoLayout(path)
+    check_layout(layout)
     if not layout.exists():
         raise RepositoryError(f"not a fleetup repository: {path} (run `fleetup repo init`)")
     config = RepoConfig.load(layout.config)
@@ -472,44 +477,78 @@ def rotate_key(path: Path, role: str, *, passphrase: bytes | None = None,
         SigningKeyError: the root key (or the role's old key) is missing or wrong.
         StorageError: the disk refused; the repository and keys are as they were.
     """
-    if role not in ROLES:
-        raise UsageError(f"not a role: {role!r} (root, targets, snapshot, timestamp)")
-    needed = sorted({"root", role, "snapshot", "timestamp"})
+    return rotate_keys(path, (role,), passphrase=passphrase, now=now)[role]
+
+
+ONLINE_ROLES = ("snapshot", "timestamp")
+
+
+def rotate_keys(path: Path, roles: Sequence[str], *, passphrase: bytes | None = None,
+                now: datetime | None = None) -> dict[str, str]:
+    """Replace the keys of ``roles`` in one new root; returns each role's new key id.
+
+    Rotating both online roles at once (:data:`ONLINE_ROLES`) is how a repository
+    recovers from a fast-forward attack (TUF spec 5.3.11): a device that was served a
+    timestamp or snapshot with an inflated version refuses every genuine one as a
+    rollback, until the key that signed the inflated one is no longer trusted. The new
+    root then makes the device drop its stored timestamp and snapshot, and the
+    genuine, lower versions load again.
+
+    Raises:
+        UsageError: no role, or not a top-level role.
+        SigningKeyError: the root key (or a role's old key) is missing or wrong.
+        StorageError: the disk refused; the repository and keys are as they were.
+    """
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown or not roles:
+        raise UsageError(f"not a role: {(unknown or [''])[0]!r} "
+                         "(root, targets, snapshot, timestamp)")
+    needed = sorted({"root", *roles, *ONLINE_ROLES})
     repo = open_repository(path, needed, passphrase, now)
-    layout = repo.layout
-    with repo_lock(layout):
-        new_signer = generate_key()
-        old_signers = list(repo.signers[role])
-        # While the rotation is published, the role's metadata carries signatures by
-        # the old and the new key: a client still on the old root and one that already
-        # has the new root both verify it, whatever order they fetch files in. (The new
-        # root itself must be signed by old and new root keys anyway.)
-        if role == "root":
-            repo.signers["root"] = [*old_signers, new_signer]
-        with repo.edit_root() as root:
+    with repo_lock(repo.layout):
+        new_signers = {role: generate_key() for role in dict.fromkeys(roles)}
+        _stage_rotation(repo, new_signers)
+        return _publish_rotation(repo, new_signers, passphrase)
+
+
+def _stage_rotation(repo: FileRepository, new_signers: Mapping[str, CryptoSigner]) -> None:
+    # While the rotation is published, each role's metadata carries signatures by the
+    # old and the new key: a client still on the old root and one that already has the
+    # new root both verify it, whatever order they fetch files in. (The new root itself
+    # must be signed by old and new root keys anyway.)
+    for role, signer in new_signers.items():
+        repo.signers[role] = [*repo.signers[role], signer]
+    with repo.edit_root() as root:
+        for role, signer in new_signers.items():
             for keyid in list(root.roles[role].keyids):
                 root.revoke_key(keyid, role)
-            root.add_key(new_signer.public_key, role)
-        repo.signers[role] = [*old_signers, new_signer]
-        if role == "targets":
-            with repo.edit_targets():
-                pass
-        if role in ("targets", "snapshot"):
-            repo.do_snapshot(force=True)
-        repo.do_timestamp(force=True)
-        key_file = key_path(layout.keys, role)
-        pending = _pending_key(key_file)
-        # The new key waits beside the old one until the new root is published: a
-        # publisher killed before that keeps using the old key; one killed after it
-        # adopts the pending key on the next run (see open_repository).
-        try:
-            save_key(pending, new_signer, passphrase)
-            repo.commit(root_last=True)
-        except BaseException:
-            pending.unlink(missing_ok=True)
-            raise
-        # Published: the rotation has happened. If the key cannot be moved into place
-        # now, the next operation adopts it (open_repository), so this is not a failure.
+            root.add_key(signer.public_key, role)
+    if "targets" in new_signers:
+        with repo.edit_targets():
+            pass
+    if new_signers.keys() & {"targets", "snapshot"}:
+        repo.do_snapshot(force=True)
+    repo.do_timestamp(force=True)
+
+
+def _publish_rotation(repo: FileRepository, new_signers: Mapping[str, CryptoSigner],
+                      passphrase: bytes | None) -> dict[str, str]:
+    key_files = {role: key_path(repo.layout.keys, role) for role in new_signers}
+    pending = {role: _pending_key(key_file) for role, key_file in key_files.items()}
+    # The new keys wait beside the old ones until the new root is published: a
+    # publisher killed before that keeps using the old keys; one killed after it
+    # adopts the pending keys on the next run (see open_repository).
+    try:
+        for role, signer in new_signers.items():
+            save_key(pending[role], signer, passphrase)
+        repo.commit(root_last=True)
+    except BaseException:
+        for file in pending.values():
+            file.unlink(missing_ok=True)
+        raise
+    # Published: the rotation has happened. If a key cannot be moved into place now,
+    # the next operation adopts it (open_repository), so this is not a failure.
+    for role, file in pending.items():
         with contextlib.suppress(StorageError):
-            _adopt_pending_key(pending, key_file)
-        return new_signer.public_key.keyid
+            _adopt_pending_key(file, key_files[role])
+    return {role: signer.public_key.keyid for role, signer in new_signers.items()}

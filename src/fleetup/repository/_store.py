@@ -2,13 +2,18 @@
 
 Layout (consistent snapshots, so a CDN may cache every file forever)::
 
-    REPO/metadata/N.root.json, root.json      every root version, and a copy of the newest
-    REPO/metadata/N.targets.json              versioned targets
-    REPO/metadata/N.snapshot.json             versioned snapshot
-    REPO/metadata/timestamp.json              the one unversioned file
-    REPO/targets/<dir>/<sha256>.<name>        artifacts, named by content
-    REPO/keys/<role>.key                      private keys (0600)
-    REPO/fleetup-repo.json                    expiries and publishing settings
+    REPO/public/metadata/N.root.json, root.json   every root version, and the newest
+    REPO/public/metadata/N.targets.json           versioned targets
+    REPO/public/metadata/N.snapshot.json          versioned snapshot
+    REPO/public/metadata/timestamp.json           the one unversioned file
+    REPO/public/targets/<dir>/<sha256>.<name>     artifacts, named by content
+    REPO/keys/<role>.key                          private keys (0600)
+    REPO/fleetup-repo.json                        expiries and publishing settings
+
+``REPO/public`` is what devices read and the only folder anyone serves; nothing private
+is ever written under it. (The first layout had ``metadata/`` and ``targets/`` beside
+``keys/``, so serving REPO served the keys: ``_migrate.check_layout`` refuses it and
+``_migrate.migrate_layout`` converts it.)
 
 The current state is read from ``timestamp.json`` down (timestamp → snapshot version →
 targets version), so files written ahead of a commit are invisible until the timestamp
@@ -56,21 +61,32 @@ __all__ = ["FileRepository", "RepoConfig", "RepoLayout", "target_file_name"]
 
 _SERIALIZER = JSONSerializer(compact=False)
 _ROOT_FILE = re.compile(r"^(\d+)\.root\.json$")
+_OLD_SERVED = ("metadata", "targets")  # what the first layout kept at REPO/, beside keys/
 
 
 @dataclass(frozen=True, slots=True)
 class RepoLayout:
-    """Where each part of a repository lives."""
+    """Where each part of a repository lives.
+
+    ``served`` is the folder devices read (``metadata/``, ``targets/``): ``REPO/public``
+    for a publisher. The fleet server's store passes its own root, which holds no keys
+    and of which it serves only ``metadata/`` and ``targets/``.
+    """
 
     root: Path
+    served: Path | None = None
+
+    @property
+    def public(self) -> Path:
+        return self.served if self.served is not None else self.root / "public"
 
     @property
     def metadata(self) -> Path:
-        return self.root / "metadata"
+        return self.public / "metadata"
 
     @property
     def targets(self) -> Path:
-        return self.root / "targets"
+        return self.public / "targets"
 
     @property
     def keys(self) -> Path:
@@ -86,6 +102,12 @@ class RepoLayout:
 
     def exists(self) -> bool:
         return self.config.is_file() and (self.metadata / "timestamp.json").is_file()
+
+    def is_old_layout(self) -> bool:
+        """True for the first layout: ``metadata/`` (or ``targets/``) beside ``keys/``."""
+        if self.served is not None:
+            return False
+        return any((self.root / name).exists() for name in _OLD_SERVED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """The release store: the TUF repository the server serves under ``/repo/``.
 
-It has the layout of a publisher's repository (``<data>/repo/metadata``, ``targets``),
+It has the served part of a publisher's repository (``<data>/repo/metadata``, ``targets``),
 but the server holds only the **snapshot and timestamp** keys (``<data>/keys/``). Root
 and targets stay with the publisher: a push brings targets metadata the publisher
 signed, the server checks it against the root it trusts, stores the artifact files it
@@ -51,7 +51,7 @@ from fleetup.repository import (
     target_file_name,
 )
 
-__all__ = ["PushOutcome", "ReleaseStore", "StoredRelease", "init_store"]
+__all__ = ["PushOutcome", "ReleaseStore", "StoredRelease", "init_store", "store_layout"]
 
 ONLINE_ROLES = (Snapshot.type, Timestamp.type)
 
@@ -75,6 +75,15 @@ class PushOutcome:
     releases: list[StoredRelease]
 
 
+def store_layout(data_dir: Path) -> RepoLayout:
+    """The store's layout: ``<data>/repo/metadata`` and ``targets``, served as they are.
+
+    Unlike a publisher's repository it needs no ``public/`` folder: its keys live in
+    ``<data>/keys``, and the server serves only those two folders.
+    """
+    return RepoLayout(data_dir / "repo", served=data_dir / "repo")
+
+
 def init_store(source: Path, data_dir: Path, passphrase: bytes | None = None) -> RepoLayout:
     """Seed ``<data_dir>/repo`` from the publisher repository ``source``.
 
@@ -89,7 +98,7 @@ def init_store(source: Path, data_dir: Path, passphrase: bytes | None = None) ->
         StorageError: the disk refused.
     """
     repo = open_repository(source, list(ONLINE_ROLES), passphrase)
-    store = RepoLayout(data_dir / "repo")
+    store = store_layout(data_dir)
     if store.exists():
         raise UsageError(f"{store.root} already holds a release store")
     src = repo.layout
@@ -130,7 +139,7 @@ class ReleaseStore:
     """The server's repository directory plus its two online keys."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.layout = RepoLayout(data_dir / "repo")
+        self.layout = store_layout(data_dir)
         self.keys_dir = data_dir / "keys"
 
     def exists(self) -> bool:

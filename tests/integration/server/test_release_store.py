@@ -14,7 +14,8 @@ from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, TargetFile
 from tuf.ngclient import Updater
 
-from fleetup.repository import FileRepository, RepoConfig, RepoLayout, key_path, load_signer
+from fleetup.repository import FileRepository, RepoConfig, key_path, load_signer
+from fleetup.server._store import store_layout
 from tests.integration.server.conftest import Fleet
 from tests.support.fleet import cli, wait_for
 
@@ -26,7 +27,7 @@ def updater(fleet: Fleet, work: Path) -> Updater:
     (the first time) or what it trusted before (its metadata dir, later)."""
     first = not (work / "root.json").exists()
     (work / "downloads").mkdir(parents=True, exist_ok=True)
-    bootstrap = (fleet.repo / "metadata" / "1.root.json").read_bytes() if first else None
+    bootstrap = (fleet.repo / "public/metadata" / "1.root.json").read_bytes() if first else None
     return Updater(str(work), f"{fleet.server.url}/repo/metadata/", str(work / "downloads"),
                    f"{fleet.server.url}/repo/targets/", bootstrap=bootstrap)
 
@@ -67,7 +68,7 @@ def test_the_data_directory_cannot_get_a_device_to_install_anything_new(
     client = updater(fleet, tmp_path / "device")
     client.refresh()
     data = fleet.server.data
-    layout = RepoLayout(data / "repo")
+    layout = store_layout(data)
     repo = FileRepository(layout, RepoConfig.load(layout.config))
     root = repo.root()
     for role in ("snapshot", "timestamp"):

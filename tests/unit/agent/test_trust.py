@@ -91,7 +91,7 @@ Factory = Callable[..., TufReleaseSource]
 
 @pytest.fixture
 def server(repo: Path) -> RepoServer:
-    return RepoServer(repo)
+    return RepoServer(repo / "public")
 
 
 @pytest.fixture
@@ -103,7 +103,7 @@ def make_source(repo: Path, server: RepoServer, tmp_path: Path) -> Factory:
             partial_dir=device / "downloads", resume_prefix=f"{BASE}targets/",
             transport=httpx.MockTransport(server), sleep=lambda _s: None)
         return TufReleaseSource(device / "tuf", device / "downloads", BASE,
-                                trusted_root or repo / "metadata" / "1.root.json", fetcher)
+                                trusted_root or repo / "public/metadata" / "1.root.json", fetcher)
     return make
 
 
@@ -205,10 +205,10 @@ def test_endpoints_from_a_base_url() -> None:
 
 def test_the_shipped_root_is_used_only_until_the_device_has_its_own(
         repo: Path, tmp_path: Path) -> None:
-    fetcher = HttpxFetcher(transport=httpx.MockTransport(RepoServer(repo)))
+    fetcher = HttpxFetcher(transport=httpx.MockTransport(RepoServer(repo / "public")))
     endpoints = RepoEndpoints.from_base(BASE)
     metadata = tmp_path / "tuf"
-    open_updater(metadata, endpoints, repo / "metadata" / "1.root.json", fetcher)
+    open_updater(metadata, endpoints, repo / "public/metadata" / "1.root.json", fetcher)
     assert (metadata / "root.json").is_file()
     # from now on the shipped root is not even read
     open_updater(metadata, endpoints, tmp_path / "gone.json", fetcher).refresh()
@@ -287,7 +287,7 @@ def test_deltas_are_found_by_name_with_their_length(make_source: Factory) -> Non
 def test_release_length_is_the_signed_length(make_source: Factory, repo: Path) -> None:
     source = make_source()
     newest = source.releases(APP, PLATFORM)[-1]
-    archive, = (repo / "targets" / APP / PLATFORM).glob(f"*.{APP}-1.2.0.tar.zst")
+    archive, = (repo / "public/targets" / APP / PLATFORM).glob(f"*.{APP}-1.2.0.tar.zst")
     assert source.release_length(newest) == archive.stat().st_size
 
 
@@ -312,7 +312,7 @@ def test_a_download_is_verified_and_reported(make_source: Factory, repo: Path,
     seen: list[tuple[int, int]] = []
     dest = tmp_path / "out" / "hello.tar.zst"
     assert source.download(facts.target_path, dest, lambda d, t: seen.append((d, t))) == dest
-    archive, = (repo / "targets" / APP / PLATFORM).glob(f"*.{APP}-1.2.0.tar.zst")
+    archive, = (repo / "public/targets" / APP / PLATFORM).glob(f"*.{APP}-1.2.0.tar.zst")
     assert dest.read_bytes() == archive.read_bytes()
     assert seen[-1] == (dest.stat().st_size, dest.stat().st_size)
     assert sorted(p.name for p in dest.parent.iterdir()) == ["hello.tar.zst"]
@@ -365,9 +365,9 @@ def test_expired_metadata_names_role_and_date(tmp_path: Path) -> None:
     path = tmp_path / "repo"
     init_repo(path, now=past)
     publish(path, tmp_path, "1.0", now=past)
-    fetcher = HttpxFetcher(transport=httpx.MockTransport(RepoServer(path)))
+    fetcher = HttpxFetcher(transport=httpx.MockTransport(RepoServer(path / "public")))
     source = TufReleaseSource(tmp_path / "tuf", tmp_path / "dl", BASE,
-                              path / "metadata" / "1.root.json", fetcher)
+                              path / "public/metadata" / "1.root.json", fetcher)
     with pytest.raises(TrustError) as caught:
         source.refresh()
     expires = (past + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -93,11 +93,11 @@ def test_repo_init_prints_where_the_root_of_trust_is(tmp_path: Path, fleetup: Ru
     result = fleetup("repo", "init", tmp_path / "r")
     assert result.code == 0
     assert result.out == ""
-    assert f"ship {tmp_path / 'r/metadata/1.root.json'} to devices" in result.err
+    assert f"ship {tmp_path / 'r/public/metadata/1.root.json'} to devices" in result.err
     as_json = fleetup("repo", "init", tmp_path / "j", "--json").json
     assert as_json == {"repo": str(tmp_path / "j"),
-                       "trusted_root": str(tmp_path / "j/metadata/1.root.json"),
-                       "keys": str(tmp_path / "j/keys")}
+                       "trusted_root": str(tmp_path / "j/public/metadata/1.root.json"),
+                       "public": str(tmp_path / "j/public"), "keys": str(tmp_path / "j/keys")}
     for role in ("root", "targets", "snapshot", "timestamp"):
         assert (tmp_path / "j/keys" / f"{role}.key").stat().st_mode & 0o777 == 0o600
 
@@ -110,7 +110,7 @@ def test_repo_init_expiry_options(tmp_path: Path, fleetup: Run) -> None:
     after = datetime.now(UTC)
 
     def expires(name: str) -> datetime:
-        raw = json.loads((tmp_path / "r/metadata" / name).read_bytes())["signed"]["expires"]
+        raw = json.loads((tmp_path / "r/public/metadata" / name).read_bytes())["signed"]["expires"]
         return datetime.fromisoformat(raw.replace("Z", "+00:00"))
 
     for name, days in [("1.root.json", 400), ("1.targets.json", 30),
@@ -143,7 +143,7 @@ def test_release_add_reports_facts_sizes_and_deltas(repo: Path, fleetup: Run,
     assert body["target"] == f"hello/{PLATFORM}/hello-1.9.0.tar.zst"
     assert body["deltas"] == {}
     assert body["tree_digest"].startswith("sha256:")
-    archive = next((repo / "targets/hello" / PLATFORM).glob("*.hello-1.9.0.tar.zst"))
+    archive = next((repo / "public/targets/hello" / PLATFORM).glob("*.hello-1.9.0.tar.zst"))
     assert body["archive_size"] == archive.stat().st_size
 
     second = add(fleetup, repo, src("1.10.0"), "1.10.0").json
@@ -199,12 +199,33 @@ def test_repo_refresh(repo: Path, fleetup: Run) -> None:
 
 @pytest.mark.parametrize("role", ["root", "targets", "snapshot", "timestamp"])
 def test_keys_rotate(repo: Path, fleetup: Run, role: str) -> None:
-    old = json.loads((repo / "metadata/1.root.json").read_bytes())["signed"]["roles"][role]
+    old = json.loads((repo / "public/metadata/1.root.json").read_bytes())["signed"]["roles"][role]
     result = fleetup("keys", "rotate", "--repo", repo, role, "--json")
     assert result.code == 0, result.err
-    new_root = json.loads((repo / "metadata/2.root.json").read_bytes())["signed"]
+    new_root = json.loads((repo / "public/metadata/2.root.json").read_bytes())["signed"]
     assert result.json == {"role": role, "keyid": new_root["roles"][role]["keyids"][0]}
     assert new_root["roles"][role]["keyids"] != old["keyids"]
+
+
+def test_keys_rotate_online(repo: Path, fleetup: Run) -> None:
+    result = fleetup("keys", "rotate", "--repo", repo, "--online", "--json")
+    assert result.code == 0, result.err
+    roles = json.loads((repo / "public/metadata/2.root.json").read_bytes())["signed"]["roles"]
+    assert result.json == {"keyids": {role: roles[role]["keyids"][0]
+                                      for role in ("snapshot", "timestamp")}}
+    assert not (repo / "public/metadata/3.root.json").exists()  # one root for both
+    text = fleetup("keys", "rotate", "--repo", repo, "--online")
+    assert "rotated the snapshot key" in text.err
+    assert "rotated the timestamp key" in text.err
+
+
+@pytest.mark.parametrize("args", [(), ("timestamp", "--online")])
+def test_keys_rotate_needs_one_role_or_online(repo: Path, fleetup: Run,
+                                              args: tuple[str, ...]) -> None:
+    result = fleetup("keys", "rotate", "--repo", repo, *args)
+    assert result.code == 1
+    assert result.err.strip() == "error: name one ROLE, or pass --online (snapshot and timestamp)"
+    assert not (repo / "public/metadata/2.root.json").exists()
 
 
 # -- bad input: one line, exit 1, repository unchanged ----------------------------------------

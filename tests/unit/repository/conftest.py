@@ -44,9 +44,9 @@ def make_client(repo: Path, workdir: Path, trusted_root: bytes | None = None) ->
     targets = workdir / "client-targets"
     meta.mkdir(parents=True, exist_ok=True)
     targets.mkdir(parents=True, exist_ok=True)
-    root = trusted_root or (repo / "metadata" / "1.root.json").read_bytes()
+    root = trusted_root or (repo / "public/metadata" / "1.root.json").read_bytes()
     return Updater(str(meta), f"{BASE_URL}metadata/", str(targets), f"{BASE_URL}targets/",
-                   fetcher=DirectoryFetcher(repo), bootstrap=root)
+                   fetcher=DirectoryFetcher(repo / "public"), bootstrap=root)
 
 
 @pytest.fixture(autouse=True)

@@ -119,7 +119,8 @@ CASES: dict[str, tuple[Callable[[Path, Path], None] | None, Operation, type[Flee
                               SigningKeyError, "not a root key"),
     "not-a-repository": (lambda repo, tmp: (repo / "fleetup-repo.json").unlink(),
                          add("1.1.0"), RepositoryError, "not a fleetup repository"),
-    "corrupt-metadata": (lambda repo, tmp: (repo / "metadata/2.targets.json").write_text("{"),
+    "corrupt-metadata": (lambda repo, tmp:
+                         (repo / "public/metadata/2.targets.json").write_text("{"),
                          add("1.1.0"), RepositoryError, "metadata is corrupt"),
 }
 

@@ -21,7 +21,7 @@ NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
 
 def load(repo: Path, name: str) -> Metadata[Root]:
-    return Metadata.from_file(str(repo / "metadata" / name))
+    return Metadata.from_file(str(repo / "public/metadata" / name))
 
 
 def test_layout_is_complete_and_nothing_else(tmp_path: Path) -> None:
@@ -30,11 +30,12 @@ def test_layout_is_complete_and_nothing_else(tmp_path: Path) -> None:
     assert layout.root == repo
     assert sorted(fingerprint(repo)) == [
         "fleetup-repo.json", "keys", "keys/root.key", "keys/snapshot.key",
-        "keys/targets.key", "keys/timestamp.key", "metadata", "metadata/1.root.json",
-        "metadata/1.snapshot.json", "metadata/1.targets.json", "metadata/root.json",
-        "metadata/timestamp.json", "targets"]
-    assert (repo / "metadata/root.json").read_bytes() == \
-        (repo / "metadata/1.root.json").read_bytes()
+        "keys/targets.key", "keys/timestamp.key", "public", "public/metadata",
+        "public/metadata/1.root.json", "public/metadata/1.snapshot.json",
+        "public/metadata/1.targets.json", "public/metadata/root.json",
+        "public/metadata/timestamp.json", "public/targets"]
+    assert (repo / "public/metadata/root.json").read_bytes() == \
+        (repo / "public/metadata/1.root.json").read_bytes()
 
 
 def test_keys_are_private_ed25519_and_distinct_per_role(tmp_path: Path) -> None:
@@ -111,7 +112,7 @@ def test_non_positive_expiry_is_refused_before_anything_is_made(
 def test_an_empty_directory_is_fine(tmp_path: Path) -> None:
     (tmp_path / "repo").mkdir()
     init_repo(tmp_path / "repo")
-    assert (tmp_path / "repo/metadata/1.root.json").is_file()
+    assert (tmp_path / "repo/public/metadata/1.root.json").is_file()
 
 
 @pytest.mark.parametrize("kind", ["not-empty", "a-file", "a-repository"])

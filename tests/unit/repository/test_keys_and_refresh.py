@@ -12,18 +12,25 @@ from securesystemslib.signer import SSlibKey
 from tuf.api.metadata import Metadata, Root
 
 from fleetup.errors import MetadataExpiredError, UsageError
-from fleetup.repository import ROLES, init_repo, refresh_repo, rotate_key
+from fleetup.repository import (
+    ONLINE_ROLES,
+    ROLES,
+    init_repo,
+    refresh_repo,
+    rotate_key,
+    rotate_keys,
+)
 from tests.unit.repository.conftest import PLATFORM, Publish, make_client
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
 
 def meta(repo: Path, name: str) -> Metadata[Any]:
-    return Metadata.from_file(str(repo / "metadata" / name))
+    return Metadata.from_file(str(repo / "public/metadata" / name))
 
 
 def latest_root(repo: Path) -> Metadata[Root]:
-    versions = [int(p.name.split(".")[0]) for p in (repo / "metadata").glob("*.root.json")]
+    versions = [int(p.name.split(".")[0]) for p in (repo / "public/metadata").glob("*.root.json")]
     return meta(repo, f"{max(versions)}.root.json")
 
 
@@ -43,7 +50,7 @@ def test_refresh_resigns_snapshot_and_timestamp_with_fresh_expiries(tmp_path: Pa
     assert meta(repo, "2.snapshot.json").signed.expires == later + timedelta(days=7)
     assert meta(repo, "timestamp.json").signed.expires == later + timedelta(days=1)
     assert meta(repo, "timestamp.json").signed.snapshot_meta.version == 2
-    assert not (repo / "metadata/2.targets.json").exists()
+    assert not (repo / "public/metadata/2.targets.json").exists()
 
 
 def test_refresh_works_after_snapshot_and_timestamp_expired(tmp_path: Path) -> None:
@@ -111,8 +118,8 @@ def test_rotate_replaces_the_key_in_a_new_root_signed_by_old_and_new(
     # The new root satisfies the old root's root role, and its own.
     old_root.signed.verify_delegate("root", new_root.signed_bytes, new_root.signatures)
     new_root.signed.verify_delegate("root", new_root.signed_bytes, new_root.signatures)
-    assert (repo / "metadata/root.json").read_bytes() == \
-        (repo / "metadata/2.root.json").read_bytes()
+    assert (repo / "public/metadata/root.json").read_bytes() == \
+        (repo / "public/metadata/2.root.json").read_bytes()
     assert sorted(p.name for p in (repo / "keys").iterdir()) == [f"{r}.key" for r in
                                                                  sorted(ROLES)]
     assert (repo / "keys" / f"{role}.key").stat().st_mode & 0o777 == 0o600
@@ -154,3 +161,25 @@ def test_rotate_keeps_keys_encrypted(tmp_path: Path) -> None:
 def test_rotate_refuses_an_unknown_role(repo: Path) -> None:
     with pytest.raises(UsageError, match="not a role: 'admin'"):
         rotate_key(repo, "admin")
+
+
+def test_rotate_online_replaces_snapshot_and_timestamp_in_one_root(
+        repo: Path, publish: Publish, tmp_path: Path) -> None:
+    publish("1.0.0", payload_size=100)
+    before = {role: key_id(repo, role) for role in ROLES}
+    new = rotate_keys(repo, ONLINE_ROLES)
+    assert sorted(new) == ["snapshot", "timestamp"]
+    root = latest_root(repo).signed
+    assert root.version == 2
+    for role in ROLES:
+        assert root.roles[role].keyids == [new.get(role, before[role])]
+    assert sorted(p.name for p in (repo / "keys").iterdir()) == [f"{r}.key" for r in
+                                                                 sorted(ROLES)]
+    client = make_client(repo, tmp_path, trusted_root=meta(repo, "1.root.json").to_bytes())
+    client.refresh()
+    assert client.get_targetinfo(f"hello/{PLATFORM}/hello-1.0.0.tar.zst") is not None
+
+
+def test_rotate_keys_refuses_no_role(repo: Path) -> None:
+    with pytest.raises(UsageError, match="not a role"):
+        rotate_keys(repo, ())

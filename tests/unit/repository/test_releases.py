@@ -182,15 +182,15 @@ def test_yank_of_an_unknown_release(repo: Path, publish: Publish) -> None:
 
 def test_each_publish_is_one_new_snapshot_and_timestamp(repo: Path, publish: Publish) -> None:
     def version(name: str) -> int:
-        return Metadata.from_file(str(repo / "metadata" / name)).signed.version
+        return Metadata.from_file(str(repo / "public/metadata" / name)).signed.version
 
     publish("1.0.0")
     assert version("timestamp.json") == 2
     publish("1.0.1")
     assert version("timestamp.json") == 3
-    assert (repo / "metadata/3.snapshot.json").is_file()
-    assert (repo / "metadata/3.targets.json").is_file()
-    assert not (repo / "metadata/4.targets.json").exists()
+    assert (repo / "public/metadata/3.snapshot.json").is_file()
+    assert (repo / "public/metadata/3.targets.json").is_file()
+    assert not (repo / "public/metadata/4.targets.json").exists()
     assert not (repo / ".staging").exists()
 
 

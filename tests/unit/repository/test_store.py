@@ -47,7 +47,7 @@ def test_a_stale_temp_file_from_a_killed_publisher_does_not_block_the_next(
     pristine = tmp_path / "pristine"
     shutil.copytree(repo, pristine)
     publish("1.0.0", payload_size=100)        # archives are deterministic: learn the names
-    target_dir = repo / "targets" / "hello" / PLATFORM
+    target_dir = repo / "public/targets" / "hello" / PLATFORM
     stale = [f".{p.name}.tmp" for p in target_dir.iterdir()]
     assert len(stale) == 2                    # the archive and the index
 
