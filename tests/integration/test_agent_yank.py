@@ -28,9 +28,9 @@ def _yank(repo: Path, version: str) -> None:
 
 def test_a_yank_does_not_jump_past_the_policy(tmp_path: Path) -> None:
     repo = new_repo(tmp_path / "repo")
-    with serve_directory(repo, tmp_path) as server:
+    with serve_directory(repo / "public", tmp_path) as server:
         config = write_config(tmp_path / "agent.toml", tmp_path / "device", server.url,
-                              repo / "metadata" / "1.root.json")
+                              repo / "public" / "metadata" / "1.root.json")
         v1 = publish(repo, tmp_path, "1.0.0", files=2)
         assert run_agent(config, "update", "--no-progress").returncode == 0
         publish(repo, tmp_path, "1.1.0", files=2)

@@ -35,7 +35,7 @@ NESTED = 1100  # past the ~990 levels at which recursive clean-up dies
 
 def _public(repo: Path) -> Path:
     """The tree a repository serves to devices (the one place that knows the layout)."""
-    return repo
+    return repo / "public"
 
 
 def _tar_zst(members: list[tarfile.TarInfo]) -> bytes:

@@ -52,7 +52,7 @@ class Stolen:
 @pytest.fixture
 def stolen(signed_repo: Path, tmp_path: Path) -> Iterator[Stolen]:
     """A stable device that the stolen server first gave 1.0.0 (its first install)."""
-    public = signed_repo / "public" if (signed_repo / "public").is_dir() else signed_repo
+    public = signed_repo / "public"
     with hostile_fleet(public) as fleet:
         def agent(extra: str = "") -> Agent:
             config = tmp_path / "agent.toml"
