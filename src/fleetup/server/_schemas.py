@@ -321,6 +321,10 @@ class PushResult(BaseModel):
     timestamp_version: int
     stored_files: list[str]
     releases: list[ReleasePublic]
+    # Release targets the pushed metadata names whose files are not pushed yet.
+    pending: list[str] = []
+    # True when the push changed nothing: the release was already on the server.
+    already_pushed: bool = False
 
 
 # -- rollouts -------------------------------------------------------------------------
