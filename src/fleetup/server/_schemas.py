@@ -228,6 +228,16 @@ class DevicePublic(BaseModel):
     state: str
     enrolled_at: datetime
     last_seen: datetime | None
+    channel_override: str | None = None
+    check_requested_at: datetime | None = None
+    removed_at: datetime | None = None
+
+
+class DeviceMove(BaseModel):
+    """``POST /devices/{id}/move``: the channel the server decides by (``null``: the
+    device's configured channel again)."""
+
+    channel: Name | None
 
 
 class DevicesPublic(BaseModel):
