@@ -38,9 +38,11 @@ def test_one_device_read_moved_checked_and_removed(fleet: Fleet) -> None:
     # Viewers read, only admins act; the refusal is JSON under --json, exit code 1.
     refused = run(fleet, "viewer", "device", "move", moved.device_id, "--channel", "beta",
                   code=1)
-    assert refused["code"] == "forbidden" and "403" in refused["error"]
+    assert refused["code"] == "forbidden"
+    assert "403" in refused["error"]
     shown = run(fleet, "admin", "device", "move", moved.device_id, "--channel", "beta")
-    assert shown["channel"] == "stable" and shown["channel_override"] == "beta"
+    assert shown["channel"] == "stable"
+    assert shown["channel_override"] == "beta"
     # The server decides by the new channel at once: a rollout on beta reaches it alone.
     cli("rollout", "start", "--server", fleet.server.url, "--app", "hello", "--version",
         "1.1", "--channel", "beta", "--stages", "100", token=fleet.tokens["publisher"])
@@ -60,7 +62,8 @@ def test_one_device_read_moved_checked_and_removed(fleet: Fleet) -> None:
             "kept": [], "failed": []}, headers={"Authorization": f"Bearer {stays.token}"})
     assert answer.status_code == 401
     shown = run(fleet, "viewer", "device", "show", stays.device_id)
-    assert shown["removed_at"] is not None and shown["event_count"] == 1
+    assert shown["removed_at"] is not None
+    assert shown["event_count"] == 1
     again = run(fleet, "admin", "device", "check", stays.device_id, code=1)
     assert again["code"] == "device_removed"
     assert {"device.move", "device.check", "device.remove"} <= set(audited(fleet))
@@ -88,4 +91,5 @@ def test_lists_the_dashboard_shows(fleet: Fleet) -> None:
     missing = run(fleet, "publisher", "alert", "ack", "999", code=1)
     assert missing["code"] == "not_found"
     human = cli("rollout", "list", "--server", fleet.server.url, token=fleet.tokens["viewer"])
-    assert "1.1" in human.stdout and "active" in human.stdout
+    assert "1.1" in human.stdout
+    assert "active" in human.stdout
