@@ -38,7 +38,8 @@ def test_the_readme_server_section_runs_in_order(tmp_path: Path) -> None:
     block = block.replace("fleetup server --data DATA &", f"fleetup server --data DATA "
                           f"--port {port} &")
     block = re.sub(r"^sleep \d+.*$", wait, block, flags=re.M)
-    assert f"--port {port} &" in block and "sleep 3" not in block
+    assert f"--port {port} &" in block
+    assert "sleep 3" not in block
     # `fleetup` on PATH execs Python, so the background job's pid is the server's own.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -124,5 +124,5 @@ def move(device_id: str, channel: str, server: str, as_json: bool) -> None:
 @json_option
 def remove(device_id: str, server: str, as_json: bool) -> None:
     """Revoke the device's token; its record and history stay (enroll to come back)."""
-    _act(server, "DELETE", _path(device_id), as_json,
+    _act(server, "POST", _path(device_id, "remove"), as_json,
          f"removed {device_id}: its token no longer works, its history is kept")

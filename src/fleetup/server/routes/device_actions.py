@@ -56,7 +56,7 @@ def _flag(fleet: FleetDep, device_id: str, actor: str, pushed: bool
         return _done(session, fleet, device, key), device.app, device.channel
 
 
-@router.delete("/{device_id}", response_model=DevicePublic)
+@router.post("/{device_id}/remove", response_model=DevicePublic)
 def remove(device_id: str, session: SessionDep, fleet: FleetDep,
            operator: AdminDep) -> DevicePublic:
     """Revoke the device's token (it must enroll again to come back); its record and
