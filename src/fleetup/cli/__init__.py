@@ -7,6 +7,7 @@ traceback with ``--debug``) and an exit code.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -40,11 +41,15 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("interrupted", err=True)
         return EXIT_INTERRUPTED
     except click.ClickException as e:
+        if "--json" in args:
+            _json_error(e.format_message(), "UsageError")
         e.show()
         return e.exit_code
     except FleetupError as e:
         if debug:
             traceback.print_exc()
+        if "--json" in args:
+            _json_error(str(e), type(e).__name__, getattr(e, "code", None))
         click.echo(f"error: {e}", err=True)
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -64,6 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the one boundary that must catch everything
         return _internal_error(e, debug)
     return result if isinstance(result, int) else 0
+
+
+def _json_error(message: str, kind: str, code: object = None) -> None:
+    """Under ``--json`` a failure is a JSON object too (on stdout, where scripts read),
+    beside the usual line on stderr; the exit code does not change."""
+    body: dict[str, object] = {"error": message, "type": kind}
+    if isinstance(code, str):
+        body["code"] = code
+    sys.stdout.write(json.dumps(body, sort_keys=True) + "\n")
+    sys.stdout.flush()
 
 
 def _internal_error(error: Exception, debug: bool) -> int:

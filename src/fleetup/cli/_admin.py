@@ -7,6 +7,7 @@ and enrollment tokens, and seeding the release store from a publisher's reposito
 from __future__ import annotations
 
 import getpass
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ import click
 
 from fleetup.cli._options import json_option, passphrase_option
 from fleetup.cli._output import emit_json, say
+from fleetup.errors import UsageError
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -37,6 +39,63 @@ def _actor() -> str:
 @click.group()
 def admin() -> None:
     """Administer a fleet server from its own machine."""
+
+
+@admin.command("init")
+@_data_option
+@_db_option
+@click.option("--from", "source", default=None,
+              type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Also seed the release store from this publisher repository "
+                   "(as `admin repo init --from`).")
+@passphrase_option
+@json_option
+def init(data_dir: Path, db_url: str | None, source: Path | None,
+         passphrase_env: str | None, as_json: bool) -> None:
+    """Create the server's data once: the database, the release store (with --from) and
+    the first admin token, printed on stdout; then the next three commands."""
+    from fleetup.server import _crud
+    from fleetup.server._auth import Role
+
+    with _session(data_dir, db_url) as session:
+        if _crud.list_operator_tokens(session):
+            raise UsageError(f"{data_dir} already holds a fleet server's data: make more "
+                             "tokens with `fleetup admin token create`")
+        if source is not None:
+            _seed_store(source, data_dir, passphrase_env)
+        row, secret = _crud.create_operator_token(session, role=Role.ADMIN, name="first admin",
+                                                  created_by=_actor())
+        _crud.add_audit(session, actor=_actor(), action="server.init",
+                        target=f"token:{row.id}", details={"store": source is not None})
+        session.commit()
+    steps = _next_steps(data_dir, source is not None)
+    if as_json:
+        emit_json({"data": str(data_dir), "token": secret, "next": steps})
+        return
+    click.echo(secret)
+    say(f"fleet server data ready in {data_dir}; the line above is an admin token "
+        "(shown once). Next:")
+    for step in steps:
+        say(f"  {step}")
+
+
+def _seed_store(source: Path, data_dir: Path, passphrase_env: str | None) -> None:
+    from fleetup.repository import passphrase_from_env
+    from fleetup.server import init_store
+
+    init_store(source, data_dir, passphrase_from_env(passphrase_env))
+
+
+def _next_steps(data_dir: Path, has_store: bool) -> list[str]:
+    """What an operator runs next, in order, with this data directory filled in."""
+    data = shlex.quote(str(data_dir))
+    push = ("FLEETUP_TOKEN=<the token above> fleetup release push --repo REPO --app APP "
+            "--version VERSION --server http://127.0.0.1:8000")
+    if has_store:
+        return [f"fleetup server --data {data}",
+                f"fleetup admin enrollment-token create --data {data}", push]
+    return [f"fleetup admin repo init --from REPO --data {data}",
+            f"fleetup server --data {data}", push]
 
 
 @admin.group()

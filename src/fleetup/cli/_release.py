@@ -78,11 +78,21 @@ def add(src_dir: Path, repo_dir: Path, app: str, version: str, platform: str | N
 
 
 @release.command("list")
-@repo_option
+@click.option("--repo", "repo_dir", default=None,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="The release repository directory.")
+@click.option("--server", default=None, metavar="URL",
+              help="List what a fleet server offers instead (token from FLEETUP_TOKEN).")
 @click.option("--app", default=None, help="Only this app.")
 @json_option
-def list_(repo_dir: Path, app: str | None, as_json: bool) -> None:
-    """List published releases."""
+def list_(repo_dir: Path | None, server: str | None, app: str | None, as_json: bool) -> None:
+    """List published releases (of REPO, or pushed to a fleet server)."""
+    if (repo_dir is None) == (server is None):
+        raise UsageError("give --repo REPO or --server URL (one of them)")
+    if repo_dir is None:
+        assert server is not None
+        _list_server(server, app, as_json)
+        return
     from fleetup.repository import list_releases
 
     rows = [r for r in list_releases(repo_dir) if app is None or r[0].app == app]
@@ -98,6 +108,23 @@ def list_(repo_dir: Path, app: str | None, as_json: bool) -> None:
                  "status"],
           [(f.app, f.version, f.platform, f.update_type.value, ",".join(f.channels), size,
             ",".join(deltas) or "-", "yanked" if f.yanked else "") for f, size, deltas in rows])
+
+
+def _list_server(server: str, app: str | None, as_json: bool) -> None:
+    """The releases a fleet server holds every file of (those it can offer)."""
+    from fleetup.cli._api import operator_client, request_json
+
+    with operator_client(server) as client:
+        result = request_json(client, "GET", "/api/v1/releases",
+                              params={"app": app} if app else None)
+    if as_json:
+        emit_json(result["data"])
+        return
+    table(None, ["app", "version", "platform", "type", "channels", "size", "pushed",
+                 "status"],
+          [(r["app"], r["version"], r["platform"], r["update_type"], ",".join(r["channels"]),
+            r["length"], r["pushed_at"], "yanked" if r["yanked"] else "")
+           for r in result["data"]])
 
 
 @release.command("yank")

@@ -195,3 +195,25 @@ def advance(rollout_id: int, server: str, as_json: bool) -> None:
 def abort(rollout_id: int, server: str, rollback: bool, reason: str, as_json: bool) -> None:
     """End the rollout for good (optionally rolling its devices back)."""
     _control(rollout_id, server, "abort", as_json, {"rollback": rollback, "reason": reason})
+
+
+@rollout.command("list")
+@_server_option
+@click.option("--app", default=None, help="Only this app.")
+@click.option("--state", type=click.Choice(["active", "paused", "completed", "aborted"]),
+              default=None, help="Only rollouts in this state.")
+@json_option
+def list_(server: str, app: str | None, state: str | None, as_json: bool) -> None:
+    """The rollouts on the server, newest first, as the dashboard lists them."""
+    from fleetup.cli._api import operator_client, request_json
+
+    params = {k: v for k, v in (("app", app), ("state", state)) if v}
+    with operator_client(server) as client:
+        result = request_json(client, "GET", "/api/v1/rollouts", params=params)
+    if as_json:
+        emit_json(result["data"])
+        return
+    table(None, ["id", "app", "version", "channel", "state", "stage", "since", "why"],
+          [(r["id"], r["app"], r["version"], r["channel"], r["state"],
+            f"{r['stage_index'] + 1}/{len(r['stages'])} at {r['stage_percent']:g}%",
+            r["stage_started_at"], r["state_reason"]) for r in result["data"]])

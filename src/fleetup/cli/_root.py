@@ -19,6 +19,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "server": ("fleetup.cli._server", "server", "Run the fleet server."),
     "admin": ("fleetup.cli._admin", "admin", "Administer a fleet server from its machine."),
     "rollout": ("fleetup.cli._rollout", "rollout", "Staged rollouts on a fleet server."),
+    "device": ("fleetup.cli._device", "device", "Devices on a fleet server, one at a time."),
+    "alert": ("fleetup.cli._alert", "alert", "Alerts on a fleet server."),
     "demo": ("fleetup.cli._demo", "demo", "The whole story: a fleet updated, a bad release "
              "stopped."),
 }
@@ -57,5 +59,5 @@ class LazyGroup(click.Group):
 def cli(debug: bool) -> None:
     """fleetup keeps software up to date on machines nobody sits in front of.
 
-    Publisher: repo, release, keys. Device: agent. Fleet: server, admin, rollout.
+    Publisher: repo, release, keys. Device: agent. Fleet: server, admin, rollout, device, alert.
     """

@@ -199,6 +199,7 @@ def enroll_device(session: Session, *, enrollment_token: str, device_id: str, ap
             session.add(RevokedToken(token_hash=device.token_hash, revoked_at=now))
         device.app, device.platform, device.channel = app, platform, channel
         device.tags, device.token_hash, device.enrolled_at = dict(tags), hash_token(token), now
+        device.removed_at = None  # a removed device enrolled again (with a valid token)
     session.flush()
     return device, token
 

@@ -73,6 +73,8 @@ _UNKNOWN_TOKEN_SECONDS = 5.0
 _UNKNOWN_TOKEN_MAX = 10_000
 _RESIGN_LEASE = "repo-resign"
 _EVALUATOR_LEASE = "rollout-evaluator"
+# How soon a device asked to check in (without push) is told to check again.
+CHECK_SOON_SECONDS = 5
 _SCOPE_SECONDS = 30.0
 
 
@@ -92,12 +94,20 @@ class DeviceEntry:
     # is written only once per ``last_seen_resolution``.
     state: str | None = None
     queued_at: float = float("-inf")
+    # Operator actions (``fleetup device move|check``): the channel decisions use
+    # instead of the reported one, and whether the next answer says "check again soon".
+    channel_override: str | None = None
+    check_soon: bool = False
 
     @classmethod
     def of(cls, row: Device) -> DeviceEntry:
         tags = frozenset((str(k), str(v)) for k, v in (row.tags or {}).items())
+        asked = row.check_requested_at
         return cls(row.id, row.app, row.token_hash, row.version, row.previous_version,
-                   (row.app, row.platform, row.channel, tags))
+                   (row.app, row.platform, row.channel, tags),
+                   channel_override=row.channel_override,
+                   check_soon=asked is not None and (row.last_seen is None
+                                                     or asked > row.last_seen))
 
 
 class Fleet:
@@ -193,10 +203,22 @@ class Fleet:
         quiet = not (moved or changed or request.state != device.state)
         if not quiet or now - device.queued_at >= self.settings.last_seen_resolution:
             self._queue(device, request, changed, now)
-        view = DeviceView(device.id, request.app, request.platform, request.channel,
+        view = DeviceView(device.id, request.app, request.platform,
+                          device.channel_override or request.channel,
                           request.version, request.tags, frozenset(request.failed),
                           device.previous_version)
-        return self._response(decide(view, self.offers.get(request.app, ())))
+        answer = self._response(decide(view, self.offers.get(request.app, ())))
+        if device.check_soon:  # asked for by an operator: once, then the usual interval
+            device.check_soon = False
+            answer.next_check_seconds = min(answer.next_check_seconds, CHECK_SOON_SECONDS)
+        return answer
+
+    def forget(self, token_hash: str) -> None:
+        """Drop a device from this process's token cache: its next request reloads it
+        (after an operator changed it, or revoked the token)."""
+        entry = self._tokens.pop(token_hash, None)
+        if entry is not None and self._token_of.get(entry.id) == token_hash:
+            del self._token_of[entry.id]
 
     def _queue(self, device: DeviceEntry, request: CheckinRequest, changed: bool,
                now: float) -> None:

@@ -132,6 +132,13 @@ class Device(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     enrolled_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime | None] = mapped_column(default=None)
+    # Operator actions on one device (``fleetup device move|check|remove``): a channel
+    # that overrides the configured one (``channel``, which the device reports); a
+    # check-in asked for (answered "check again soon" until the device has checked in
+    # after it); removal (token revoked, the row and its history kept).
+    channel_override: Mapped[str | None] = mapped_column(String(100), default=None)
+    check_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+    removed_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class RevokedToken(Base):

@@ -58,9 +58,11 @@ class Upload:
 
 
 def push_release(session: Session, store: ReleaseStore, *, targets: bytes,
-                 roots: Sequence[bytes], uploads: Sequence[Upload], actor: str
+                 roots: Sequence[bytes], uploads: Sequence[Upload], actor: str,
+                 release: tuple[str, str] | None = None
                  ) -> tuple[PushOutcome, list[Release]]:
-    """Publish a publisher's signed targets with its files, and record its releases.
+    """Publish a publisher's signed targets with its files, and record its releases
+    whose files are all stored (``release``: see :meth:`ReleaseStore.accept_push`).
 
     Raises:
         TrustError, RollbackAttackError, IntegrityError, RepositoryError,
@@ -68,9 +70,14 @@ def push_release(session: Session, store: ReleaseStore, *, targets: bytes,
         :meth:`ReleaseStore.accept_push`; nothing was published.
     """
     with _spooled(store, uploads) as files:
-        outcome = store.accept_push(targets, roots, files)
+        outcome = store.accept_push(targets, roots, files, release=release)
     rows = _crud.record_releases(session, releases=outcome.releases,
                                  targets_version=outcome.targets_version)
+    # Rows are written even when the store had everything: a push whose store commit
+    # went through but whose database commit did not is mended by being retried.
+    if outcome.already:
+        session.commit()
+        return outcome, rows
     _crud.add_audit(session, actor=actor, action="release.push",
                     target=f"targets:{outcome.targets_version}",
                     details={"stored_files": outcome.stored_files,

@@ -274,6 +274,16 @@ class DevicePublic(BaseModel):
     state: str
     enrolled_at: datetime
     last_seen: datetime | None
+    channel_override: str | None = None
+    check_requested_at: datetime | None = None
+    removed_at: datetime | None = None
+
+
+class DeviceMove(BaseModel):
+    """``POST /devices/{id}/move``: the channel the server decides by (``null``: the
+    device's configured channel again)."""
+
+    channel: Name | None
 
 
 class DevicesPublic(BaseModel):
@@ -367,6 +377,10 @@ class PushResult(BaseModel):
     timestamp_version: int
     stored_files: list[str]
     releases: list[ReleasePublic]
+    # Release targets the pushed metadata names whose files are not pushed yet.
+    pending: list[str] = []
+    # True when the push changed nothing: the release was already on the server.
+    already_pushed: bool = False
 
 
 # -- rollouts -------------------------------------------------------------------------

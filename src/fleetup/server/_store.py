@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ from tuf.api.serialization import DeserializationError
 
 from fleetup._atomic import storage_error
 from fleetup._facts import ReleaseFacts
+from fleetup._release_parts import release_parts, shared_targets, version_parts
+from fleetup._versions import parse_version
 from fleetup.errors import (
     IntegrityError,
     MetadataExpiredError,
@@ -68,11 +70,17 @@ class StoredRelease:
 
 @dataclass(frozen=True, slots=True)
 class PushOutcome:
+    """What a push published. ``releases``: every release now installable from the
+    store; ``pending``: release target paths the targets name whose files are not
+    pushed yet (not offered); ``already``: the push changed nothing."""
+
     targets_version: int
     snapshot_version: int
     timestamp_version: int
     stored_files: list[str]
     releases: list[StoredRelease]
+    pending: list[str] = field(default_factory=list)
+    already: bool = False
 
 
 def store_layout(data_dir: Path) -> RepoLayout:
@@ -166,36 +174,51 @@ class ReleaseStore:
             repo.signers[role] = [signer]
 
     def accept_push(self, targets_data: bytes, roots: Sequence[bytes],
-                    uploads: Mapping[str, Path], now: datetime | None = None) -> PushOutcome:
+                    uploads: Mapping[str, Path], now: datetime | None = None,
+                    release: tuple[str, str] | None = None) -> PushOutcome:
         """Publish targets metadata signed by the publisher, with the files it needs.
 
         ``roots``: new root versions (in any order), each signed by the previous root.
         ``uploads``: target path → a local file holding the bytes pushed for it.
+        ``release``: (app, version) this push is for. Then only that release's files
+        (and the shared indexes) must be there; the other releases the metadata names
+        stay *pending* (not offered) until pushed, and pushing the metadata the server
+        already has (or an older one naming the same release) adds the files only — a
+        push is idempotent. Without it, every referenced file must be there.
 
         Raises:
             TrustError: a root or the targets is not signed as the trusted root requires.
-            RollbackAttackError: the targets (or a root) version does not grow.
+            RollbackAttackError: the targets (or a root) version does not grow, and the
+                push is not a release already named by the server's targets.
             MetadataExpiredError: the pushed targets metadata has already expired.
             IntegrityError: a pushed file does not match its target's length or hash.
-            RepositoryError: a referenced file is neither stored nor pushed, delegations,
-                or another push holds the store.
+            RepositoryError: a needed file is neither stored nor pushed, the release is
+                not in the targets, another targets metadata has the same version,
+                delegations, or another push holds the store.
             SigningKeyError: a new root no longer trusts the server's online keys.
             StorageError: the disk refused; the store is as it was.
         """
         repo = self.open(now)
         with repo_lock(self.layout):
+            root_before = repo.root().version
             root = self._accept_roots(repo, roots)
             md = _parse(targets_data, Targets.type)
-            self._verify_targets(repo, root, md)
-            stored = self._stage_files(repo, md.signed, uploads)
-            repo.stage_signed(md)
-            repo.do_snapshot()
-            repo.do_timestamp(force=True)
+            new = md.signed.version > repo.targets().version
+            if new:
+                self._verify_targets(repo, root, md)
+                published: Targets = md.signed
+            else:
+                published = _already_published(repo.targets(), md.signed, release)
+            stored = self._stage_files(repo, published, uploads, release)
+            if new:
+                repo.stage_signed(md)
+                repo.do_snapshot()
+                repo.do_timestamp(force=True)
             repo.commit()
-            releases = [StoredRelease(facts, path, t.length, t.hashes["sha256"])
-                        for path, (t, facts) in releases_of(md.signed).items()]
-            return PushOutcome(md.signed.version, repo.snapshot().version,
-                               repo.timestamp().version, stored, releases)
+            ready, pending = self._installable(published)
+            return PushOutcome(published.version, repo.snapshot().version,
+                               repo.timestamp().version, stored, ready, pending,
+                               already=not (new or stored or root.version > root_before))
 
     def _accept_roots(self, repo: FileRepository, roots: Sequence[bytes]) -> Root:
         trusted: Root = repo.root()
@@ -239,18 +262,37 @@ class ReleaseStore:
             raise RepositoryError("delegated targets are not supported by the fleet server")
 
     def _stage_files(self, repo: FileRepository, targets: Targets,
-                     uploads: Mapping[str, Path]) -> list[str]:
+                     uploads: Mapping[str, Path], release: tuple[str, str] | None
+                     ) -> list[str]:
+        """Stage each pushed file a target lacks; check the push brings what it must."""
         stored: list[str] = []
         for path, target in targets.targets.items():
-            if target_file_name(self.layout, target).exists():
-                continue
             source = uploads.get(path)
-            if source is None:
-                raise RepositoryError(f"{path} is referenced but was not pushed")
+            if source is None or self._present(target):
+                continue
             _check_file(source, target)
             repo.stage_target(source, target)
             stored.append(path)
+        needed = list(targets.targets) if release is None else _needed(targets, release)
+        for path in needed:
+            if path not in stored and not self._present(targets.targets[path]):
+                raise RepositoryError(f"{path} is referenced but was not pushed")
         return stored
+
+    def _present(self, target: TargetFile) -> bool:
+        return target_file_name(self.layout, target).exists()
+
+    def _installable(self, targets: Targets) -> tuple[list[StoredRelease], list[str]]:
+        """The releases whose every part is stored, and the target paths of the rest."""
+        ready: list[StoredRelease] = []
+        pending: list[str] = []
+        parts = release_parts(_customs(targets))
+        for path, (t, facts) in releases_of(targets).items():
+            if all(self._present(targets.targets[p]) for p in parts[path]):
+                ready.append(StoredRelease(facts, path, t.length, t.hashes["sha256"]))
+            else:
+                pending.append(path)
+        return ready, pending
 
     def resign_if_due(self, remaining_share: float, now: datetime | None = None) -> list[str]:
         """Re-sign snapshot and/or timestamp when less than ``remaining_share`` of their
@@ -275,21 +317,69 @@ class ReleaseStore:
         return [Snapshot.type, Timestamp.type] if Snapshot.type in due else [Timestamp.type]
 
     def current_releases(self) -> tuple[int, list[StoredRelease]]:
-        """The current targets version and its releases.
+        """The current targets version and its releases whose files are all stored.
 
         Raises:
             RepositoryError: the metadata is missing or corrupt.
         """
         repo = FileRepository(self.layout, RepoConfig.load(self.layout.config))
         targets = repo.targets()
-        return targets.version, [StoredRelease(facts, path, t.length, t.hashes["sha256"])
-                                 for path, (t, facts) in releases_of(targets).items()]
+        return targets.version, self._installable(targets)[0]
 
     def expires(self) -> dict[str, datetime]:
         """When each role's current metadata expires (for status pages)."""
         repo = FileRepository(self.layout, RepoConfig.load(self.layout.config))
         return {role: repo.open(role).signed.expires.astimezone(UTC)
                 for role in ("root", "targets", *ONLINE_ROLES)}
+
+
+def _customs(targets: Targets) -> dict[str, dict[str, Any] | None]:
+    return {path: target.custom for path, target in targets.targets.items()}
+
+
+def _needed(targets: Targets, release: tuple[str, str]) -> list[str]:
+    """What a push of one release must leave stored: its parts and the shared targets.
+
+    Raises:
+        RepositoryError: the targets name no such release.
+    """
+    app, version = release
+    wanted = parse_version(version)
+    customs = _customs(targets)
+    parts = version_parts(customs, app, lambda v: parse_version(v) == wanted)
+    if not parts:
+        raise RepositoryError(f"targets version {targets.version} holds no release "
+                              f"{app} {version}")
+    return shared_targets(customs) + parts
+
+
+def _already_published(current: Targets, pushed: Targets,
+                       release: tuple[str, str] | None) -> Targets:
+    """The server's targets, when a push that is not newer names nothing new.
+
+    The same version must be the same metadata; an older one may still bring the files
+    of a release the server's targets name exactly as it does (a CI job pushing from an
+    older checkout). Signatures need no check: the server already trusts ``current``.
+
+    Raises:
+        RepositoryError: another targets metadata has the server's version.
+        RollbackAttackError: older metadata, not for a release named the same way.
+    """
+    if pushed.version == current.version:
+        if pushed.to_dict() != current.to_dict():
+            raise RepositoryError(f"targets version {pushed.version} differs from the "
+                                  "server's version of the same number: was it signed "
+                                  "from another copy of the repository?")
+        return current
+    if release is not None:
+        app, version = release
+        wanted = parse_version(version)
+        mine = version_parts(_customs(pushed), app, lambda v: parse_version(v) == wanted)
+        if mine and all(current.targets.get(p) == pushed.targets[p] for p in mine):
+            return current
+    raise RollbackAttackError(f"targets version {pushed.version} is not newer than the "
+                              f"server's {current.version}, and does not name this release "
+                              "as the server's does: run `fleetup release add` first")
 
 
 def _check_file(source: Path, target: TargetFile) -> None:

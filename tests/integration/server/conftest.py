@@ -59,7 +59,8 @@ def make_tokens(db_url: str) -> dict[str, str]:
 @dataclass
 class Fleet:
     """A publisher repository with releases 1.0-1.2, a server seeded from it when it had
-    only 1.0 (push 1.1 to publish 1.1 and 1.2), operator and enrollment tokens."""
+    only 1.0 (push 1.1 and 1.2 to publish them, one release a push), operator and
+    enrollment tokens."""
 
     server: FleetServer
     repo: Path

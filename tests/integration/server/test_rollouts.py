@@ -83,6 +83,7 @@ def test_failures_pause_the_rollout_and_abort_rolls_back(fleet: Fleet) -> None:
     first = start_rollout(fleet, "1.1", "100", "--soak", "0", "--min-reports", "1")
     wait_for(lambda: (poll_round(devices), rollout(fleet, first)["state"] == "completed")[1],
              what="1.1 everywhere")
+    assert fleet.push("1.2") == 0  # each release is pushed on its own
     bad = start_rollout(fleet, "1.2", "100", "--soak", "600", "--min-reports", "3",
                         "--max-failure-rate", "0.2")
     # One unfinished rollout per app and channel.

@@ -8,6 +8,7 @@ from fleetup.server.routes import (
     analytics,
     audit,
     channels,
+    device_actions,
     devices,
     releases,
     rollouts,
@@ -23,3 +24,4 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 api_router = APIRouter(responses=_ERRORS, dependencies=[Depends(no_nul_in_url)])
 for module in (devices, releases, rollouts, channels, tokens, audit, analytics, alerts):
     api_router.include_router(module.router)
+api_router.include_router(device_actions.router)

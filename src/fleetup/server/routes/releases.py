@@ -28,19 +28,30 @@ def push(session: SessionDep, fleet: FleetDep, operator: PublisherDep,
          roots: Annotated[list[UploadFile] | None, File()] = None,
          files: Annotated[list[UploadFile] | None, File()] = None,
          paths: Annotated[list[str] | None, Form(description="target path of each file")]
-         = None) -> PushResult:
-    """Publish targets metadata the publisher signed, with the files the server lacks."""
+         = None,
+         app: Annotated[str | None, Form(max_length=100)] = None,
+         version: Annotated[str | None, Form(max_length=100)] = None) -> PushResult:
+    """Publish targets metadata the publisher signed, with the files the server lacks.
+
+    With ``app`` and ``version``, the push is for that release alone: its files must
+    be there, the targets' other releases wait (not offered) until they are pushed,
+    and pushing a release already on the server succeeds with ``already_pushed``.
+    """
     files, paths = files or [], paths or []
     if len(files) != len(paths):
         raise ServerAPIError("send one 'paths' field per file", "invalid_request", 422)
+    if (app is None) != (version is None):
+        raise ServerAPIError("send both 'app' and 'version', or neither", "invalid_request",
+                             422)
     outcome, rows = push_release(
         session, fleet.store, targets=targets.file.read(),
         roots=[r.file.read() for r in roots or []],
         uploads=[Upload(p, f.file) for p, f in zip(paths, files, strict=True)],
-        actor=operator.actor)
+        actor=operator.actor, release=(app, version) if app and version else None)
     fleet.changed()
     return PushResult(targets_version=outcome.targets_version,
                       snapshot_version=outcome.snapshot_version,
                       timestamp_version=outcome.timestamp_version,
                       stored_files=outcome.stored_files,
-                      releases=[ReleasePublic.model_validate(r) for r in rows])
+                      releases=[ReleasePublic.model_validate(r) for r in rows],
+                      pending=outcome.pending, already_pushed=outcome.already)
