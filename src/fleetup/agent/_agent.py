@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -45,7 +46,7 @@ from fleetup.agent._install import (
 )
 from fleetup.agent._lifecycle import RESUME, Event, Journal, Kind, State
 from fleetup.agent._store import DeviceStore
-from fleetup.agent._supervisor import CommandRestarter, NoRestarter, Restarter
+from fleetup.agent._supervisor import CommandRestarter, NoRestarter, Restarter, restarts_app
 from fleetup.errors import (
     DeltaError,
     FleetupError,
@@ -116,7 +117,9 @@ class Agent:
                  director: Director | None = None, sink: EventSink | None = None,
                  restarter: Restarter | None = None, progress: ProgressFactory | None = None,
                  clock: Callable[[], datetime] | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.config = config
         self.store = DeviceStore(config.root)
         self.source_factory = source_factory or self._default_source
@@ -126,6 +129,9 @@ class Agent:
         self.progress = progress
         self.clock = clock or (lambda: datetime.now(UTC))
         self.stop = stop or threading.Event()
+        # The health check's seams: how long it waits (start-up grace, URL polls).
+        self.monotonic = monotonic
+        self.sleep = sleep
         self._source: ReleaseSource | None = None
 
     # -- construction helpers --------------------------------------------------------
@@ -451,9 +457,10 @@ class Agent:
 
     def _check_health(self, j: Journal) -> Journal:
         facts = ReleaseFacts.from_custom(j.release, j.target or "")
-        plan = plan_health(facts.health, self.config.health)
+        plan = plan_health(facts.health, self.config.health,
+                           app_restarted=restarts_app(self.restarter))
         reason = run_health_check(plan, cwd=self.store.layout.current, env=self.app_env(),
-                                  app=self.restarter)
+                                  app=self.restarter, clock=self.monotonic, sleep=self.sleep)
         if reason is None:
             self.sink.emit(AgentEvent("health-passed", version=j.target, from_version=j.installed,
                                       update_id=j.update_id, rollout_id=j.rollout_id))
