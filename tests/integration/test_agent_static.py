@@ -147,6 +147,8 @@ def _assert_refused(tmp_path: Path, config: Path, digest: str, expect: str) -> N
     line = _one_error_line(result)
     assert expect in line, line
     device = tmp_path / "device"
+    log = (device / ".fleetup" / "log" / "agent.log").read_text()
+    assert line.removeprefix("error: ") in log, log  # one-shot refusals are logged too
     assert current_digest(device) == digest
     assert not list((device / "releases").glob("*.partial"))
     assert sorted(p.name for p in (device / "releases").iterdir()) == ["1.0.0"]
