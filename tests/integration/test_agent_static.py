@@ -325,3 +325,62 @@ def test_download_resumes_after_the_agent_is_killed(tmp_path: Path) -> None:
         total = sum(int(str(r["bytes"])) for r in _archive_requests(server))
         size = _archive_file(repo, "2.0.0").stat().st_size
         assert total < size * 1.5, "resuming re-downloaded most of the file"
+
+
+# -- read-only commands beside a running daemon ---------------------------------------
+
+
+def _first_update_done(device: Path) -> bool:
+    """History written and the journal back to idle: the cycle has ended."""
+    try:
+        journal = json.loads((device / ".fleetup" / "journal.json").read_bytes())
+        return journal["state"] == "idle" and (device / ".fleetup" / "history.jsonl").exists()
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.glob("*.json"))}
+
+
+def test_read_only_commands_work_beside_a_running_daemon(
+        tmp_path: Path, served: tuple[Path, StaticServer]) -> None:
+    """Issue 11 §3: ``check``, ``status``, ``history`` and ``verify`` need no update lock;
+    ``check`` leaves the daemon's trusted metadata and status as they were."""
+    repo, server = served
+    config = _config(tmp_path, server, repo)
+    device = tmp_path / "device"
+    publish(repo, tmp_path, "1.0.0", files=4)
+    daemon = subprocess.Popen([*FLEETUP, "agent", "-c", str(config), "run"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60  # its first poll installs 1.0.0, then it rests
+        while not _first_update_done(device):
+            assert daemon.poll() is None, "the daemon ended"
+            assert time.monotonic() < deadline, "the daemon did not update"
+            time.sleep(0.05)
+        publish(repo, tmp_path, "1.1.0", files=4)
+        trusted = _files(device / ".fleetup" / "tuf")
+        status = (device / ".fleetup" / "status.json").read_bytes()
+
+        checked = run_agent(config, "check")
+        assert checked.returncode == 10, checked.stderr
+        assert "1.0.0 → 1.1.0" in checked.stdout
+        assert _files(device / ".fleetup" / "tuf") == trusted
+        assert (device / ".fleetup" / "status.json").read_bytes() == status
+        assert json.loads(run_agent(config, "status", "--json").stdout)["version"] == "1.0.0"
+        assert run_agent(config, "history", "--json").returncode == 0
+        assert run_agent(config, "verify").returncode == 0
+        refused = run_agent(config, "verify", "--repair")
+        assert refused.returncode == 1
+        assert "another fleetup agent is working" in _one_error_line(refused)
+
+        daemon.send_signal(signal.SIGTERM)
+        output, _ = daemon.communicate(timeout=30)
+        assert daemon.returncode == 0, output
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    assert run_agent(config, "check").returncode == 10  # alone again: it records as before
+    assert _files(device / ".fleetup" / "tuf") != trusted

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -133,6 +135,7 @@ class Agent:
         self.monotonic = monotonic
         self.sleep = sleep
         self._source: ReleaseSource | None = None
+        self._factory: SourceFactory = self.source_factory
 
     # -- construction helpers --------------------------------------------------------
 
@@ -141,6 +144,23 @@ class Agent:
 
         config = replace(self.config, repo_url=self.config.release_url)
         return TufReleaseSource.from_config(config, self.store.layout)
+
+    @contextlib.contextmanager
+    def _private_source(self) -> Iterator[SourceFactory]:
+        """A source for a check beside another agent: it starts from a copy of the
+        device's trusted metadata and writes only to that copy, so nothing the other
+        agent persists is ever overwritten (with older metadata, or half of a set).
+        Replayed metadata is still refused: the copy is what the device trusts."""
+        if self.source_factory != self._default_source:
+            yield self.source_factory  # a source passed in (tests): used as it is
+            return
+        from fleetup.agent._trust import TufReleaseSource
+
+        config = replace(self.config, repo_url=self.config.release_url)
+        with tempfile.TemporaryDirectory(prefix="fleetup-check-") as tmp:
+            private = DeviceStore(Path(tmp)).layout
+            _copy_metadata(self.store.layout.tuf, private.tuf)
+            yield lambda: TufReleaseSource.from_config(config, private)
 
     def _default_restarter(self) -> Restarter:
         command = self.config.process.restart_command
@@ -169,7 +189,7 @@ class Agent:
     def _fresh_source(self) -> ReleaseSource:
         """A source refreshed for this cycle (python-tuf refreshes once per Updater)."""
         if self._source is None:
-            source = self.source_factory()
+            source = self._factory()
             source.refresh()
             self._source = source
         return self._source
@@ -182,33 +202,50 @@ class Agent:
     @contextlib.contextmanager
     def cycle(self) -> Iterator[None]:
         """One locked session: fresh metadata at most once, dropped afterwards."""
-        with self.store.lock():
-            self._source = None
-            try:
-                yield
-            finally:
-                source, self._source = self._source, None
-                close = getattr(source, "close", None)
-                if callable(close):
-                    close()  # the source owns an httpx client
-                self.sink.flush()
+        with self.store.lock(), self._session(self.source_factory):
+            yield
+
+    @contextlib.contextmanager
+    def _session(self, factory: SourceFactory) -> Iterator[None]:
+        self._source = None
+        self._factory = factory
+        try:
+            yield
+        finally:
+            source, self._source = self._source, None
+            self._factory = self.source_factory
+            close = getattr(source, "close", None)
+            if callable(close):
+                close()  # the source owns an httpx client
+            self.sink.flush()
 
     # -- public operations -----------------------------------------------------------
 
     def check(self) -> CheckResult:
         """Is there a release to install? Records the answer for ``status``.
 
+        Read-only beside another agent (a running daemon holds the lock): the check then
+        works on a private copy of the trusted metadata and records nothing; the daemon
+        records its own checks.
+
         Raises:
             NetworkError, TrustError, StateError: nothing was decided.
         """
-        with self.cycle():
-            return self._check()
+        with self.store.lock_if_free() as mine:
+            if mine:
+                with self.cycle():
+                    return self._check()
+        log.info("another agent is working on %s: checking without changing anything",
+                 self.config.root)
+        with self._private_source() as factory, self._session(factory):
+            return self._check(record=False)
 
-    def _check(self, wanted: str | None = None) -> CheckResult:
+    def _check(self, wanted: str | None = None, record: bool = True) -> CheckResult:
         device = self.device_view()
         decision = self.director.decide(device, self._lazy_source(), self.clock(), wanted)
         result = _check_result(device.installed, decision)
-        self._record_check(decision)
+        if record:
+            self._record_check(decision)
         self.sink.emit(AgentEvent("check", version=result.available,
                                   from_version=device.installed, reason=result.reason))
         return result
@@ -586,21 +623,36 @@ class Agent:
         """Re-hash every kept tree against the manifest verified at install time (itself
         checked against the signed digest); with ``repair``, re-fetch damaged trees.
 
+        Only ``repair`` changes anything, so only it takes the lock: a plain verify runs
+        beside a daemon, and a tree the daemon removes meanwhile is simply not reported.
+
         Raises:
-            StateError: another agent holds the lock, or a manifest is missing.
+            StateError: (``repair``) another agent holds the lock; a manifest is missing.
             NetworkError, TrustError: a repair download failed.
         """
+        if not repair:
+            return self._verify(repair=False)
         with self.cycle():
-            report = VerifyReport()
-            for version in self.store.kept_versions():
-                report.checked.append(version)
+            return self._verify(repair=True)
+
+    def _verify(self, repair: bool) -> VerifyReport:
+        report = VerifyReport()
+        for version in self.store.kept_versions():
+            try:
                 damaged = self._damage(version)
-                if damaged:
-                    report.damaged[version] = damaged
-                    if repair:
-                        self._repair(version)
-                        report.repaired.append(version)
-            return report
+            except StateError:
+                if version in self.store.kept_versions():
+                    raise
+                continue  # removed by an agent at work beside this one
+            if damaged and version not in self.store.kept_versions():
+                continue
+            report.checked.append(version)
+            if damaged:
+                report.damaged[version] = damaged
+                if repair:
+                    self._repair(version)
+                    report.repaired.append(version)
+        return report
 
     def _damage(self, version: str) -> list[str]:
         manifest, facts = self.store.load_manifest(version)
@@ -658,6 +710,16 @@ def _can_apply(delta: DeltaFacts) -> bool:
     from fleetup._delta import applicable  # delta code loads only when updating
 
     return applicable(delta.method, delta.requires)
+
+
+def _copy_metadata(trusted: Path, dest: Path) -> None:
+    """Copy the trusted metadata files; python-tuf replaces each atomically, so each copy
+    is whole (a file replaced meanwhile is simply re-verified or fetched again)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        for path in trusted.glob("*.json"):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                shutil.copyfile(path, dest / path.name)
 
 
 def _file_name(target_path: str) -> str:

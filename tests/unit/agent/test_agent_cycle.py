@@ -609,6 +609,19 @@ def test_a_second_agent_on_the_same_root_is_refused(make_repo: Callable[..., Sam
         other.update()
 
 
+def test_a_check_beside_another_agent_decides_and_records_nothing(
+        make_repo: Callable[..., SampleRepo], tmp_path: Path) -> None:
+    repo = make_repo("1.0", "1.1")
+    agent, _ = new_agent(repo, tmp_path)
+    agent.update(wanted="1.0")
+    status = agent.status()
+    other, _ = new_agent(repo, tmp_path)
+    with agent.store.lock():
+        answer = other.check()
+    assert (answer.installed, answer.available) == ("1.0", "1.1")
+    assert other.status() == status
+
+
 # -- resuming after a crash ----------------------------------------------------------------
 
 

@@ -215,8 +215,14 @@ def test_another_agent_holding_the_lock(agent: Run, device: Path) -> None:
 
     with DeviceStore(device).lock():
         ran = agent("rollback", "--to", "1.0")
+        read_only = [agent(*command).code for command in (
+            ("status",), ("history",), ("verify",), ("verify", "--json"))]
+        repair = agent("verify", "--repair")
     assert ran.code == 1
     assert "another fleetup agent is working on" in ran.err
+    assert read_only == [0, 0, 0, 0]  # issue 11 §3: reading needs no update lock
+    assert repair.code == 1
+    assert "another fleetup agent is working on" in repair.err
 
 
 def test_a_missing_optional_package_names_the_extra_to_install(
