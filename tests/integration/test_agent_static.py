@@ -384,3 +384,28 @@ def test_read_only_commands_work_beside_a_running_daemon(
             daemon.wait()
     assert run_agent(config, "check").returncode == 10  # alone again: it records as before
     assert _files(device / ".fleetup" / "tuf") != trusted
+
+
+def test_a_release_policy_holds_back_says_why_it_waits(
+        tmp_path: Path, served: tuple[Path, StaticServer]) -> None:
+    """Issue 11 §3: ``check`` still exits 10 for a major outside ``auto`` and ``update``
+    0, but both say in one line that it waits and why; ``status --json`` names it."""
+    repo, server = served
+    config = _config(tmp_path, server, repo)
+    publish(repo, tmp_path, "1.0.0", files=4)
+    assert run_agent(config, "update", "--no-progress").returncode == 0
+    publish(repo, tmp_path, "2.0.0", files=4)
+    why = "major updates install only on request (update --version 2.0.0)"
+
+    checked = run_agent(config, "check")
+    assert checked.returncode == 10
+    assert checked.stdout == f"update available: 1.0.0 → 2.0.0, but `update` will wait: {why}\n"
+    updated = run_agent(config, "update", "--no-progress")
+    assert updated.returncode == 0
+    assert updated.stdout == f"not installed now: 2.0.0 waits: {why}\n"
+    status = json.loads(run_agent(config, "status", "--json").stdout)
+    assert status["waiting"] == {"version": "2.0.0", "reason": why}
+    assert status["version"] == "1.0.0"
+
+    assert run_agent(config, "update", "--no-progress", "--version", "2.0.0").returncode == 0
+    assert json.loads(run_agent(config, "status", "--json").stdout)["waiting"] is None

@@ -28,7 +28,16 @@ from fleetup import _failpoints as failpoints
 from fleetup._facts import DeltaFacts, ReleaseFacts, release_target_path
 from fleetup._manifest import scan_tree
 from fleetup._versions import parse_version
-from fleetup.agent._choice import Decision, Defer, DeviceView, Install, RollbackTo, UpToDate
+from fleetup.agent._choice import (
+    Decision,
+    Defer,
+    DeviceView,
+    Install,
+    RollbackTo,
+    UpToDate,
+    Waiting,
+    waiting_of,
+)
 from fleetup.agent._config import AgentConfig
 from fleetup.agent._director import (
     AgentEvent,
@@ -84,6 +93,7 @@ class Outcome:
     version: str | None
     target: str | None = None
     reason: str = ""
+    waiting: Waiting | None = None  # a release policy holds back (nothing was done)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +103,7 @@ class CheckResult:
     decision: str
     reason: str
     skipped: tuple[tuple[str, str], ...] = ()
+    waiting: Waiting | None = None  # available, but ``update`` will not install it now
 
     @property
     def update_available(self) -> bool:
@@ -274,7 +285,8 @@ class Agent:
                                                      decision.reason, blame_installed=False,
                                                      retire=decision.retire))
         else:
-            outcome = Outcome(Result.NOTHING, device.installed, reason=decision.reason)
+            outcome = Outcome(Result.NOTHING, device.installed, reason=decision.reason,
+                              waiting=waiting_of(decision))
         if outcome.result is Result.NOTHING and resumed is not None:
             return resumed
         return outcome
@@ -582,6 +594,8 @@ class Agent:
             "reason": decision.reason, "notes": pending.notes}
         status["not_offered"] = [{"version": v, "reason": r} for v, r in decision.skipped]
         status["last_decision"] = decision.reason
+        waiting = waiting_of(decision)
+        status["waiting"] = None if waiting is None else waiting.to_dict()
         self.store.save_status(status)
 
     def _clear_pending(self, j: Journal) -> None:
@@ -607,6 +621,7 @@ class Agent:
             "kept": self.store.kept_versions(),
             "failed": [{"version": v, "reason": r} for v, r in failed.items()],
             "not_offered": saved.get("not_offered", []),
+            "waiting": saved.get("waiting"),
         }
         if journal.state is not State.IDLE:
             body["update"] = {"kind": journal.kind.value, "from": journal.installed,
@@ -734,7 +749,7 @@ def _check_result(installed: str | None, decision: Decision) -> CheckResult:
     if isinstance(decision, Install | Defer) and decision.facts is not None:
         kind = "install" if isinstance(decision, Install) else "defer"
         return CheckResult(installed, decision.facts.version, kind, decision.reason,
-                           decision.skipped)
+                           decision.skipped, waiting_of(decision))
     if isinstance(decision, RollbackTo):
         return CheckResult(installed, decision.version, "rollback", decision.reason,
                            decision.skipped)

@@ -38,8 +38,8 @@ from fleetup._versions import UpdateType, derive_update_type, parse_version
 from fleetup.agent._config import PolicyConfig
 from fleetup.errors import UsageError
 
-__all__ = ["Decision", "Defer", "DeviceView", "Install", "RollbackTo", "UpToDate",
-           "check_instruction", "choose"]
+__all__ = ["Decision", "Defer", "DeviceView", "Install", "RollbackTo", "UpToDate", "Waiting",
+           "check_instruction", "choose", "waiting_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,3 +233,29 @@ def check_instruction(releases: Iterable[ReleaseFacts], device: DeviceView, vers
         raise UsageError(f"server asked for {version}, not newer than the installed "
                          f"{installed}: refusing a downgrade the publisher did not sign")
     return Install("chosen by the fleet server", facts=facts)
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A release that is available but that ``update`` will not install by itself yet."""
+
+    version: str
+    reason: str
+
+    def line(self) -> str:
+        return f"{self.version} waits: {self.reason}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"version": self.version, "reason": self.reason}
+
+
+def waiting_of(decision: Decision) -> Waiting | None:
+    """Why ``decision`` holds a release back, or ``None`` if it does not.
+
+    ``check`` counts such a release as available (exit 10) and ``update`` installs
+    nothing (exit 0): this is the one line that tells a person why, and what to do
+    (``update --version V`` for a type policy does not install; the window otherwise).
+    """
+    if isinstance(decision, Defer) and decision.facts is not None:
+        return Waiting(decision.facts.version, decision.reason)
+    return None

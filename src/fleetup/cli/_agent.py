@@ -118,7 +118,11 @@ def check(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit_json({"installed": answer.installed, "available": answer.available,
                    "decision": answer.decision, "reason": answer.reason,
-                   "not_offered": [{"version": v, "reason": r} for v, r in answer.skipped]})
+                   "not_offered": [{"version": v, "reason": r} for v, r in answer.skipped],
+                   "waiting": answer.waiting.to_dict() if answer.waiting else None})
+    elif answer.waiting:
+        result(f"update available: {answer.installed or 'nothing'} → {answer.available}, "
+               f"but `update` will wait: {answer.waiting.reason}")
     elif answer.available:
         result(f"update available: {answer.installed or 'nothing'} → {answer.available} "
             f"({answer.reason})")
@@ -150,7 +154,8 @@ def update(ctx: click.Context, wanted: str | None, no_progress: bool, as_json: b
         outcome.result, 0)
     if as_json:
         emit_json({"result": outcome.result.value, "version": outcome.version,
-                   "target": outcome.target, "reason": outcome.reason})
+                   "target": outcome.target, "reason": outcome.reason,
+                   "waiting": outcome.waiting.to_dict() if outcome.waiting else None})
     elif outcome.result is Result.INSTALLED:
         result(f"installed {outcome.target}")
     elif outcome.result is Result.ROLLED_BACK:
@@ -158,6 +163,8 @@ def update(ctx: click.Context, wanted: str | None, no_progress: bool, as_json: b
             f"running {outcome.version or 'nothing'}")
     elif outcome.result is Result.REVERTED:
         result(f"switched back to {outcome.version}: {outcome.reason}")
+    elif outcome.result is Result.NOTHING and outcome.waiting:
+        result(f"not installed now: {outcome.waiting.line()}")
     elif outcome.result is Result.NOTHING:
         result(f"nothing to do: {outcome.reason}")
     if code == 1 and not as_json:

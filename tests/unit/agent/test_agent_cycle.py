@@ -530,10 +530,14 @@ def test_the_maintenance_window_follows_the_agent_clock(
     assert (outcome.result, outcome.version) == (Result.NOTHING, "1.0")
     assert "maintenance window 22:00-04:00" in outcome.reason
     assert agent.status()["pending"]["version"] == "1.1"
+    assert outcome.waiting is not None
+    assert agent.status()["waiting"] == {
+        "version": "1.1", "reason": "waiting for the maintenance window 22:00-04:00"}
     now[0] = datetime(2024, 1, 15, 23, 30).astimezone()
     outcome = agent.update()
     assert (outcome.result, outcome.version) == (Result.INSTALLED, "1.1")
     assert agent.status()["pending"] is None
+    assert agent.status()["waiting"] is None
 
 
 # -- the health check's start-up grace --------------------------------------------------
