@@ -147,6 +147,8 @@ def _assert_refused(tmp_path: Path, config: Path, digest: str, expect: str) -> N
     line = _one_error_line(result)
     assert expect in line, line
     device = tmp_path / "device"
+    log = (device / ".fleetup" / "log" / "agent.log").read_text()
+    assert line.removeprefix("error: ") in log, log  # one-shot refusals are logged too
     assert current_digest(device) == digest
     assert not list((device / "releases").glob("*.partial"))
     assert sorted(p.name for p in (device / "releases").iterdir()) == ["1.0.0"]
@@ -324,3 +326,87 @@ def test_download_resumes_after_the_agent_is_killed(tmp_path: Path) -> None:
         total = sum(int(str(r["bytes"])) for r in _archive_requests(server))
         size = _archive_file(repo, "2.0.0").stat().st_size
         assert total < size * 1.5, "resuming re-downloaded most of the file"
+
+
+# -- read-only commands beside a running daemon ---------------------------------------
+
+
+def _first_update_done(device: Path) -> bool:
+    """History written and the journal back to idle: the cycle has ended."""
+    try:
+        journal = json.loads((device / ".fleetup" / "journal.json").read_bytes())
+        return journal["state"] == "idle" and (device / ".fleetup" / "history.jsonl").exists()
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.glob("*.json"))}
+
+
+def test_read_only_commands_work_beside_a_running_daemon(
+        tmp_path: Path, served: tuple[Path, StaticServer]) -> None:
+    """Issue 11 §3: ``check``, ``status``, ``history`` and ``verify`` need no update lock;
+    ``check`` leaves the daemon's trusted metadata and status as they were."""
+    repo, server = served
+    config = _config(tmp_path, server, repo)
+    device = tmp_path / "device"
+    publish(repo, tmp_path, "1.0.0", files=4)
+    daemon = subprocess.Popen([*FLEETUP, "agent", "-c", str(config), "run"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60  # its first poll installs 1.0.0, then it rests
+        while not _first_update_done(device):
+            assert daemon.poll() is None, "the daemon ended"
+            assert time.monotonic() < deadline, "the daemon did not update"
+            time.sleep(0.05)
+        publish(repo, tmp_path, "1.1.0", files=4)
+        trusted = _files(device / ".fleetup" / "tuf")
+        status = (device / ".fleetup" / "status.json").read_bytes()
+
+        checked = run_agent(config, "check")
+        assert checked.returncode == 10, checked.stderr
+        assert "1.0.0 → 1.1.0" in checked.stdout
+        assert _files(device / ".fleetup" / "tuf") == trusted
+        assert (device / ".fleetup" / "status.json").read_bytes() == status
+        assert json.loads(run_agent(config, "status", "--json").stdout)["version"] == "1.0.0"
+        assert run_agent(config, "history", "--json").returncode == 0
+        assert run_agent(config, "verify").returncode == 0
+        refused = run_agent(config, "verify", "--repair")
+        assert refused.returncode == 1
+        assert "another fleetup agent is working" in _one_error_line(refused)
+
+        daemon.send_signal(signal.SIGTERM)
+        output, _ = daemon.communicate(timeout=30)
+        assert daemon.returncode == 0, output
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    assert run_agent(config, "check").returncode == 10  # alone again: it records as before
+    assert _files(device / ".fleetup" / "tuf") != trusted
+
+
+def test_a_release_policy_holds_back_says_why_it_waits(
+        tmp_path: Path, served: tuple[Path, StaticServer]) -> None:
+    """Issue 11 §3: ``check`` still exits 10 for a major outside ``auto`` and ``update``
+    0, but both say in one line that it waits and why; ``status --json`` names it."""
+    repo, server = served
+    config = _config(tmp_path, server, repo)
+    publish(repo, tmp_path, "1.0.0", files=4)
+    assert run_agent(config, "update", "--no-progress").returncode == 0
+    publish(repo, tmp_path, "2.0.0", files=4)
+    why = "major updates install only on request (update --version 2.0.0)"
+
+    checked = run_agent(config, "check")
+    assert checked.returncode == 10
+    assert checked.stdout == f"update available: 1.0.0 → 2.0.0, but `update` will wait: {why}\n"
+    updated = run_agent(config, "update", "--no-progress")
+    assert updated.returncode == 0
+    assert updated.stdout == f"not installed now: 2.0.0 waits: {why}\n"
+    status = json.loads(run_agent(config, "status", "--json").stdout)
+    assert status["waiting"] == {"version": "2.0.0", "reason": why}
+    assert status["version"] == "1.0.0"
+
+    assert run_agent(config, "update", "--no-progress", "--version", "2.0.0").returncode == 0
+    assert json.loads(run_agent(config, "status", "--json").stdout)["waiting"] is None

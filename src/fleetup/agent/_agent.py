@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -25,7 +28,16 @@ from fleetup import _failpoints as failpoints
 from fleetup._facts import DeltaFacts, ReleaseFacts, release_target_path
 from fleetup._manifest import scan_tree
 from fleetup._versions import parse_version
-from fleetup.agent._choice import Decision, Defer, DeviceView, Install, RollbackTo, UpToDate
+from fleetup.agent._choice import (
+    Decision,
+    Defer,
+    DeviceView,
+    Install,
+    RollbackTo,
+    UpToDate,
+    Waiting,
+    waiting_of,
+)
 from fleetup.agent._config import AgentConfig
 from fleetup.agent._director import (
     AgentEvent,
@@ -45,7 +57,7 @@ from fleetup.agent._install import (
 )
 from fleetup.agent._lifecycle import MAX_RESUMES, Event, Journal, Kind, State, resumed_journal
 from fleetup.agent._store import DeviceStore
-from fleetup.agent._supervisor import CommandRestarter, NoRestarter, Restarter
+from fleetup.agent._supervisor import CommandRestarter, NoRestarter, Restarter, restarts_app
 from fleetup.errors import (
     DeltaError,
     FleetupError,
@@ -81,6 +93,7 @@ class Outcome:
     version: str | None
     target: str | None = None
     reason: str = ""
+    waiting: Waiting | None = None  # a release policy holds back (nothing was done)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +103,7 @@ class CheckResult:
     decision: str
     reason: str
     skipped: tuple[tuple[str, str], ...] = ()
+    waiting: Waiting | None = None  # available, but ``update`` will not install it now
 
     @property
     def update_available(self) -> bool:
@@ -116,7 +130,9 @@ class Agent:
                  director: Director | None = None, sink: EventSink | None = None,
                  restarter: Restarter | None = None, progress: ProgressFactory | None = None,
                  clock: Callable[[], datetime] | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.config = config
         self.store = DeviceStore(config.root)
         self.source_factory = source_factory or self._default_source
@@ -126,7 +142,11 @@ class Agent:
         self.progress = progress
         self.clock = clock or (lambda: datetime.now(UTC))
         self.stop = stop or threading.Event()
+        # The health check's seams: how long it waits (start-up grace, URL polls).
+        self.monotonic = monotonic
+        self.sleep = sleep
         self._source: ReleaseSource | None = None
+        self._factory: SourceFactory = self.source_factory
 
     # -- construction helpers --------------------------------------------------------
 
@@ -135,6 +155,23 @@ class Agent:
 
         config = replace(self.config, repo_url=self.config.release_url)
         return TufReleaseSource.from_config(config, self.store.layout)
+
+    @contextlib.contextmanager
+    def _private_source(self) -> Iterator[SourceFactory]:
+        """A source for a check beside another agent: it starts from a copy of the
+        device's trusted metadata and writes only to that copy, so nothing the other
+        agent persists is ever overwritten (with older metadata, or half of a set).
+        Replayed metadata is still refused: the copy is what the device trusts."""
+        if self.source_factory != self._default_source:
+            yield self.source_factory  # a source passed in (tests): used as it is
+            return
+        from fleetup.agent._trust import TufReleaseSource
+
+        config = replace(self.config, repo_url=self.config.release_url)
+        with tempfile.TemporaryDirectory(prefix="fleetup-check-") as tmp:
+            private = DeviceStore(Path(tmp)).layout
+            _copy_metadata(self.store.layout.tuf, private.tuf)
+            yield lambda: TufReleaseSource.from_config(config, private)
 
     def _default_restarter(self) -> Restarter:
         command = self.config.process.restart_command
@@ -163,7 +200,7 @@ class Agent:
     def _fresh_source(self) -> ReleaseSource:
         """A source refreshed for this cycle (python-tuf refreshes once per Updater)."""
         if self._source is None:
-            source = self.source_factory()
+            source = self._factory()
             source.refresh()
             self._source = source
         return self._source
@@ -176,16 +213,22 @@ class Agent:
     @contextlib.contextmanager
     def cycle(self) -> Iterator[None]:
         """One locked session: fresh metadata at most once, dropped afterwards."""
-        with self.store.lock():
-            self._source = None
-            try:
-                yield
-            finally:
-                source, self._source = self._source, None
-                close = getattr(source, "close", None)
-                if callable(close):
-                    close()  # the source owns an httpx client
-                self.sink.flush()
+        with self.store.lock(), self._session(self.source_factory):
+            yield
+
+    @contextlib.contextmanager
+    def _session(self, factory: SourceFactory) -> Iterator[None]:
+        self._source = None
+        self._factory = factory
+        try:
+            yield
+        finally:
+            source, self._source = self._source, None
+            self._factory = self.source_factory
+            close = getattr(source, "close", None)
+            if callable(close):
+                close()  # the source owns an httpx client
+            self.sink.flush()
 
     # -- public operations -----------------------------------------------------------
 
@@ -193,18 +236,29 @@ class Agent:
         """Is there a release to install (or would ``wanted`` install on purpose)?
         Records the answer for ``status``.
 
+        Read-only beside another agent (a running daemon holds the lock): the check then
+        works on a private copy of the trusted metadata and records nothing; the daemon
+        records its own checks.
+
         Raises:
             NetworkError, TrustError, StateError: nothing was decided.
             UsageError: ``wanted`` is not a release that can be installed here.
         """
-        with self.cycle():
-            return self._check(wanted)
+        with self.store.lock_if_free() as mine:
+            if mine:
+                with self.cycle():
+                    return self._check(wanted)
+        log.info("another agent is working on %s: checking without changing anything",
+                 self.config.root)
+        with self._private_source() as factory, self._session(factory):
+            return self._check(wanted, record=False)
 
-    def _check(self, wanted: str | None = None) -> CheckResult:
+    def _check(self, wanted: str | None = None, record: bool = True) -> CheckResult:
         device = self.device_view()
         decision = self.director.decide(device, self._lazy_source(), self.clock(), wanted)
         result = _check_result(device.installed, decision)
-        self._record_check(decision)
+        if record:
+            self._record_check(decision)
         self.sink.emit(AgentEvent("check", version=result.available,
                                   from_version=device.installed, reason=result.reason))
         return result
@@ -233,7 +287,8 @@ class Agent:
                                                      decision.reason, blame_installed=False,
                                                      retire=decision.retire))
         else:
-            outcome = Outcome(Result.NOTHING, device.installed, reason=decision.reason)
+            outcome = Outcome(Result.NOTHING, device.installed, reason=decision.reason,
+                              waiting=waiting_of(decision))
         if outcome.result is Result.NOTHING and resumed is not None:
             return resumed
         return outcome
@@ -451,9 +506,10 @@ class Agent:
 
     def _check_health(self, j: Journal) -> Journal:
         facts = ReleaseFacts.from_custom(j.release, j.target or "")
-        plan = plan_health(facts.health, self.config.health)
+        plan = plan_health(facts.health, self.config.health,
+                           app_restarted=restarts_app(self.restarter))
         reason = run_health_check(plan, cwd=self.store.layout.current, env=self.app_env(),
-                                  app=self.restarter)
+                                  app=self.restarter, clock=self.monotonic, sleep=self.sleep)
         if reason is None:
             self.sink.emit(AgentEvent("health-passed", version=j.target, from_version=j.installed,
                                       update_id=j.update_id, rollout_id=j.rollout_id))
@@ -539,6 +595,8 @@ class Agent:
         status["not_offered"] = [{"version": v, "reason": r} for v, r in decision.skipped]
         status["last_decision"] = decision.reason
         status["running_yanked"] = decision.running_yanked
+        waiting = waiting_of(decision)
+        status["waiting"] = None if waiting is None else waiting.to_dict()
         self.store.save_status(status)
 
     def _clear_pending(self, j: Journal) -> None:
@@ -567,6 +625,7 @@ class Agent:
             # Why the installed release is yanked and stays (nowhere its policy allows
             # to go), or null.
             "running_yanked": saved.get("running_yanked"),
+            "waiting": saved.get("waiting"),
         }
         if journal.state is not State.IDLE:
             body["update"] = {"kind": journal.kind.value, "from": journal.installed,
@@ -583,21 +642,36 @@ class Agent:
         """Re-hash every kept tree against the manifest verified at install time (itself
         checked against the signed digest); with ``repair``, re-fetch damaged trees.
 
+        Only ``repair`` changes anything, so only it takes the lock: a plain verify runs
+        beside a daemon, and a tree the daemon removes meanwhile is simply not reported.
+
         Raises:
-            StateError: another agent holds the lock, or a manifest is missing.
+            StateError: (``repair``) another agent holds the lock; a manifest is missing.
             NetworkError, TrustError: a repair download failed.
         """
+        if not repair:
+            return self._verify(repair=False)
         with self.cycle():
-            report = VerifyReport()
-            for version in self.store.kept_versions():
-                report.checked.append(version)
+            return self._verify(repair=True)
+
+    def _verify(self, repair: bool) -> VerifyReport:
+        report = VerifyReport()
+        for version in self.store.kept_versions():
+            try:
                 damaged = self._damage(version)
-                if damaged:
-                    report.damaged[version] = damaged
-                    if repair:
-                        self._repair(version)
-                        report.repaired.append(version)
-            return report
+            except StateError:
+                if version in self.store.kept_versions():
+                    raise
+                continue  # removed by an agent at work beside this one
+            if damaged and version not in self.store.kept_versions():
+                continue
+            report.checked.append(version)
+            if damaged:
+                report.damaged[version] = damaged
+                if repair:
+                    self._repair(version)
+                    report.repaired.append(version)
+        return report
 
     def _damage(self, version: str) -> list[str]:
         manifest, facts = self.store.load_manifest(version)
@@ -657,6 +731,16 @@ def _can_apply(delta: DeltaFacts) -> bool:
     return applicable(delta.method, delta.requires)
 
 
+def _copy_metadata(trusted: Path, dest: Path) -> None:
+    """Copy the trusted metadata files; python-tuf replaces each atomically, so each copy
+    is whole (a file replaced meanwhile is simply re-verified or fetched again)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        for path in trusted.glob("*.json"):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                shutil.copyfile(path, dest / path.name)
+
+
 def _file_name(target_path: str) -> str:
     return target_path.replace("/", "_")
 
@@ -669,7 +753,7 @@ def _check_result(installed: str | None, decision: Decision) -> CheckResult:
     if isinstance(decision, Install | Defer) and decision.facts is not None:
         kind = "install" if isinstance(decision, Install) else "defer"
         return CheckResult(installed, decision.facts.version, kind, decision.reason,
-                           decision.skipped)
+                           decision.skipped, waiting_of(decision))
     if isinstance(decision, RollbackTo):
         return CheckResult(installed, decision.version, "rollback", decision.reason,
                            decision.skipped)

@@ -41,8 +41,8 @@ from fleetup._versions import UpdateType, derive_update_type, parse_version
 from fleetup.agent._config import PolicyConfig
 from fleetup.errors import UsageError
 
-__all__ = ["Decision", "Defer", "DeviceView", "Install", "RollbackTo", "UpToDate",
-           "check_instruction", "choose"]
+__all__ = ["Decision", "Defer", "DeviceView", "Install", "RollbackTo", "UpToDate", "Waiting",
+           "check_instruction", "choose", "waiting_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,3 +283,29 @@ def _check_signed_facts(facts: ReleaseFacts, device: DeviceView,
     if installed is not None and facts.parsed_version <= installed:
         raise UsageError(f"{asked}, not newer than the installed {installed}: "
                          "refusing a downgrade the publisher did not sign")
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A release that is available but that ``update`` will not install by itself yet."""
+
+    version: str
+    reason: str
+
+    def line(self) -> str:
+        return f"{self.version} waits: {self.reason}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"version": self.version, "reason": self.reason}
+
+
+def waiting_of(decision: Decision) -> Waiting | None:
+    """Why ``decision`` holds a release back, or ``None`` if it does not.
+
+    ``check`` counts such a release as available (exit 10) and ``update`` installs
+    nothing (exit 0): this is the one line that tells a person why, and what to do
+    (``update --version V`` for a type policy does not install; the window otherwise).
+    """
+    if isinstance(decision, Defer) and decision.facts is not None:
+        return Waiting(decision.facts.version, decision.reason)
+    return None

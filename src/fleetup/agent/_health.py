@@ -4,6 +4,11 @@ The plan merges the release's signed health spec with the device's ``[health]``
 config (local checks add to the publisher's, the local timeout wins). A check passes
 when every configured part passes: the app has not crash-looped during the start-up
 grace period, the command exited 0 (run in ``current/``), and the URL answered 2xx.
+
+The start-up grace is only for an app that was restarted by the switch (supervised by
+``agent run``, or by a restart command): it gives that app time to crash, or to come
+up, before it is judged. Where nothing was restarted there is nothing to wait for, so a
+one-shot ``update`` without an app waits no grace at all.
 """
 
 from __future__ import annotations
@@ -35,12 +40,17 @@ class HealthPlan:
     crash_loop_restarts: int
 
 
-def plan_health(signed: HealthSpec | None, local: HealthConfig) -> HealthPlan:
-    """The checks to run for a release: the publisher's plus the device's own."""
+def plan_health(signed: HealthSpec | None, local: HealthConfig, *,
+                app_restarted: bool = True) -> HealthPlan:
+    """The checks to run for a release: the publisher's plus the device's own.
+
+    ``app_restarted`` is false when the switch restarted no app: no start-up grace then.
+    """
     commands = tuple(c for c in ((signed.command if signed else ()), local.command) if c)
     urls = tuple(u for u in ((signed.url if signed else None), local.url) if u)
     timeout = local.timeout or (signed.timeout if signed else 30.0)
-    return HealthPlan(commands, urls, timeout, local.startup_grace, local.crash_loop_restarts)
+    grace = local.startup_grace if app_restarted else 0.0
+    return HealthPlan(commands, urls, timeout, grace, local.crash_loop_restarts)
 
 
 def run_health_check(plan: HealthPlan, *, cwd: Path, env: Mapping[str, str],

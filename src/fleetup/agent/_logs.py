@@ -1,4 +1,10 @@
-"""The agent's logs: a file under ``.fleetup/log/`` and the console, text or JSON lines."""
+"""The agent's logs: a file under ``.fleetup/log/`` and the console, text or JSON lines.
+
+Every agent command that changes or refuses something logs to the same file as the
+daemon (``agent.log``), at the configured level; a one-shot command's console shows only
+warnings, since it prints its own result. A record logged with ``extra={"file_only":
+True}`` skips the console: the CLI's error boundary already printed that line there.
+"""
 
 from __future__ import annotations
 
@@ -29,10 +35,12 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(log_dir: Path | None, *, json_lines: bool = False, level: str = "INFO",
-                  console: bool = True) -> None:
-    """Send ``fleetup`` loggers to a rotating file in ``log_dir`` and to stderr."""
+                  console: bool = True, console_level: str | None = None) -> None:
+    """Send ``fleetup`` loggers to a rotating file in ``log_dir`` (from ``level``) and to
+    stderr (from ``console_level``, by default ``level`` too)."""
     root = logging.getLogger("fleetup")
-    root.setLevel(level)
+    levels = [logging.getLevelName(level), logging.getLevelName(console_level or level)]
+    root.setLevel(min(levels) if console else levels[0])
     root.propagate = False
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -44,8 +52,15 @@ def setup_logging(log_dir: Path | None, *, json_lines: bool = False, level: str 
         file_handler = logging.handlers.RotatingFileHandler(
             log_dir / "agent.log", maxBytes=5 << 20, backupCount=3)
         file_handler.setFormatter(JsonFormatter() if json_lines else text)
+        file_handler.setLevel(level)
         root.addHandler(file_handler)
     if console:
         stream = logging.StreamHandler(sys.stderr)
         stream.setFormatter(formatter)
+        stream.setLevel(console_level or level)
+        stream.addFilter(_not_file_only)
         root.addHandler(stream)
+
+
+def _not_file_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, "file_only", False)

@@ -109,6 +109,15 @@ class DeviceStore:
         Raises:
             StateError: another process holds it.
         """
+        with self.lock_if_free() as held:
+            if not held:
+                raise StateError(f"another fleetup agent is working on {self.layout.root}")
+            yield
+
+    @contextlib.contextmanager
+    def lock_if_free(self) -> Iterator[bool]:
+        """The device lock if no other process holds it; yields whether this store holds
+        it now. Read-only commands use it to work beside a running daemon."""
         with self._lock_guard:
             if self._lock_depth:
                 self._lock_depth += 1
@@ -120,11 +129,14 @@ class DeviceStore:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     os.close(fd)
-                    raise StateError(
-                        f"another fleetup agent is working on {self.layout.root}") from None
-                self._lock_depth = 1
+                    fd = -2
+                else:
+                    self._lock_depth = 1
+        if fd == -2:
+            yield False
+            return
         try:
-            yield
+            yield True
         finally:
             with self._lock_guard:
                 self._lock_depth -= 1

@@ -21,7 +21,7 @@ from typing import IO, Protocol
 
 from fleetup.errors import HealthCheckError
 
-__all__ = ["AppSupervisor", "CommandRestarter", "NoRestarter", "Restarter"]
+__all__ = ["AppSupervisor", "CommandRestarter", "NoRestarter", "Restarter", "restarts_app"]
 
 log = logging.getLogger("fleetup.agent")
 
@@ -46,6 +46,15 @@ class NoRestarter:
 
     def exits_since(self, moment: float) -> list[int]:
         return []
+
+
+def restarts_app(restarter: Restarter) -> bool:
+    """Whether ``restarter`` (re)starts an app at a switch, one that could then crash.
+
+    Only :class:`NoRestarter` does not: with it the health check has no start-up to
+    wait for.
+    """
+    return not isinstance(restarter, NoRestarter)
 
 
 class CommandRestarter:

@@ -115,6 +115,7 @@ def token_create(role: str, name: str, data_dir: Path, db_url: str | None,
     from fleetup.server import _crud
     from fleetup.server._auth import Role
 
+    _require_server_data(data_dir, db_url)
     with _session(data_dir, db_url) as session:
         row, secret = _crud.create_operator_token(session, role=Role(role), name=name,
                                                   created_by=_actor())
@@ -144,6 +145,7 @@ def enrollment_token_create(name: str, max_uses: int | None, data_dir: Path,
     """Create an enrollment token and print it."""
     from fleetup.server import _crud
 
+    _require_server_data(data_dir, db_url)
     with _session(data_dir, db_url) as session:
         row, secret = _crud.create_enrollment_token(session, name=name, created_by=_actor(),
                                                     max_uses=max_uses)
@@ -179,6 +181,38 @@ def repo_init(source: Path, data_dir: Path, passphrase_env: str | None, as_json:
         emit_json({"repo": str(layout.root), "keys": str(data_dir / "keys")})
     else:
         say(f"release store ready in {layout.root}; online keys in {data_dir / 'keys'}")
+
+
+def _require_server_data(data_dir: Path, db_url: str | None) -> None:
+    """Refuse to make a new, empty database where no server keeps its data: a token
+    printed for it would open no server (a mistyped or forgotten ``--data``).
+
+    Server data is the database file, or a data directory a server or ``admin repo
+    init`` has prepared (its release store, ``repo/``). A non-SQLite ``--db`` is taken
+    as given: its server made it.
+
+    Raises:
+        UsageError: there is no server data there; the message names the path.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from fleetup.errors import UsageError
+
+    if db_url is None:
+        if (data_dir / "fleetup.db").is_file() or (data_dir / "repo").is_dir():
+            return
+        raise UsageError(f"no fleet server data in {data_dir.resolve()}: pass the server's "
+                         "--data DIR (or --db URL); this command does not create a database")
+    try:
+        url = make_url(db_url)
+    except ArgumentError as e:
+        raise UsageError(f"--db {db_url!r} is not a database URL: {e}") from e
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        path = Path(url.database or "")
+        if not path.is_file():
+            raise UsageError(f"no fleet server database at {path.resolve()}: pass the "
+                             "server's --db URL; this command does not create a database")
 
 
 @contextmanager

@@ -7,6 +7,7 @@ intact, 30 damaged; every command 1 on error (nothing changed).
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,7 +44,9 @@ def _config(ctx: click.Context) -> AgentConfig:
     return load_config(ctx.obj["config_path"])
 
 
-def _setup_logs(config: AgentConfig, ctx: click.Context, level: str = "WARNING") -> None:
+def _setup_logs(config: AgentConfig, ctx: click.Context, console: str = "WARNING") -> None:
+    """``agent.log`` at the configured level for every command (the daemon's file); the
+    console at ``console`` ("INFO": the configured level too, for ``run``)."""
     from fleetup.agent._logs import setup_logging
     from fleetup.agent._store import DeviceLayout
 
@@ -53,7 +56,22 @@ def _setup_logs(config: AgentConfig, ctx: click.Context, level: str = "WARNING")
     except OSError:
         log_dir = None  # type: ignore[assignment]
     setup_logging(log_dir, json_lines=ctx.obj["log_json"] or config.log_json,
-                  level=config.log_level if level == "INFO" else level)
+                  level=config.log_level,
+                  console_level=config.log_level if console == "INFO" else console)
+
+
+@contextmanager
+def _logged(command: str) -> Iterator[None]:
+    """A command that refuses (an integrity failure, a refused lock, a bad answer) says
+    so in ``agent.log`` too; the console gets ``main()``'s one line, not a second."""
+    from fleetup.errors import FleetupError
+
+    try:
+        yield
+    except FleetupError as e:
+        logging.getLogger("fleetup.agent").error("%s refused: %s", command, e,
+                                                 extra={"file_only": True})
+        raise
 
 
 def _make_agent(config: AgentConfig, **kwargs: Any) -> Agent:
@@ -95,11 +113,16 @@ def check(ctx: click.Context, as_json: bool) -> None:
     """Is there a release to install? Exit 0 up to date, 10 update available."""
     config = _config(ctx)
     _setup_logs(config, ctx)
-    answer = _make_agent(config).check()
+    with _logged("check"):
+        answer = _make_agent(config).check()
     if as_json:
         emit_json({"installed": answer.installed, "available": answer.available,
                    "decision": answer.decision, "reason": answer.reason,
-                   "not_offered": [{"version": v, "reason": r} for v, r in answer.skipped]})
+                   "not_offered": [{"version": v, "reason": r} for v, r in answer.skipped],
+                   "waiting": answer.waiting.to_dict() if answer.waiting else None})
+    elif answer.waiting:
+        result(f"update available: {answer.installed or 'nothing'} → {answer.available}, "
+               f"but `update` will wait: {answer.waiting.reason}")
     elif answer.available:
         result(f"update available: {answer.installed or 'nothing'} → {answer.available} "
             f"({answer.reason})")
@@ -125,13 +148,14 @@ def update(ctx: click.Context, wanted: str | None, no_progress: bool, as_json: b
 
     config = _config(ctx)
     _setup_logs(config, ctx)
-    with _progress(not no_progress and not as_json) as progress:
+    with _logged("update"), _progress(not no_progress and not as_json) as progress:
         outcome = _make_agent(config, progress=progress).update(wanted)
     code = {Result.ROLLED_BACK: EXIT_ROLLED_BACK, Result.FAILED: 1, Result.STOPPED: 1}.get(
         outcome.result, 0)
     if as_json:
         emit_json({"result": outcome.result.value, "version": outcome.version,
-                   "target": outcome.target, "reason": outcome.reason})
+                   "target": outcome.target, "reason": outcome.reason,
+                   "waiting": outcome.waiting.to_dict() if outcome.waiting else None})
     elif outcome.result is Result.INSTALLED:
         result(f"installed {outcome.target}")
     elif outcome.result is Result.ROLLED_BACK:
@@ -139,6 +163,8 @@ def update(ctx: click.Context, wanted: str | None, no_progress: bool, as_json: b
             f"running {outcome.version or 'nothing'}")
     elif outcome.result is Result.REVERTED:
         result(f"switched back to {outcome.version}: {outcome.reason}")
+    elif outcome.result is Result.NOTHING and outcome.waiting:
+        result(f"not installed now: {outcome.waiting.line()}")
     elif outcome.result is Result.NOTHING:
         result(f"nothing to do: {outcome.reason}")
     if code == 1 and not as_json:
@@ -153,7 +179,7 @@ def run(ctx: click.Context) -> None:
     from fleetup.agent import build_daemon
 
     config = _config(ctx)
-    _setup_logs(config, ctx, level="INFO")
+    _setup_logs(config, ctx, console="INFO")
     daemon, api = build_daemon(config)
     daemon.install_signal_handlers()
     if api is not None:
@@ -197,7 +223,8 @@ def rollback(ctx: click.Context, to: str | None, as_json: bool) -> None:
     """Switch back to a kept release."""
     config = _config(ctx)
     _setup_logs(config, ctx)
-    outcome = _make_agent(config).rollback(to)
+    with _logged("rollback"):
+        outcome = _make_agent(config).rollback(to)
     if as_json:
         emit_json({"result": outcome.result.value, "version": outcome.version,
                    "reason": outcome.reason})
@@ -228,7 +255,8 @@ def verify(ctx: click.Context, repair: bool, as_json: bool) -> None:
     """Check installed trees against the signed hashes. Exit 0 intact, 30 damaged."""
     config = _config(ctx)
     _setup_logs(config, ctx)
-    report = _make_agent(config).verify(repair=repair)
+    with _logged("verify"):
+        report = _make_agent(config).verify(repair=repair)
     if as_json:
         emit_json({"checked": report.checked, "damaged": report.damaged,
                    "repaired": report.repaired})

@@ -9,6 +9,8 @@ from pathlib import Path
 import httpx
 
 from fleetup.repository import init_repo
+from fleetup.server import make_engine, upgrade_database
+from fleetup.server._settings import sqlite_url
 from tests.integration.server.conftest import Fleet, build_fleet
 from tests.support.fleet import cli, wait_for
 
@@ -99,6 +101,10 @@ def test_overload_answers_503_with_retry_after(tmp_path: Path, db_url: str) -> N
 
 def test_admin_commands_act_on_the_database_directly(tmp_path: Path) -> None:
     data = tmp_path / "data"
+    data.mkdir()
+    engine = make_engine(sqlite_url(data))  # the server's data, as its first start leaves it
+    upgrade_database(engine)
+    engine.dispose()
     token = cli("admin", "token", "create", "--role", "viewer", "--data", str(data),
                 subprocess_=True).stdout.strip()
     assert token.startswith("fuo_")

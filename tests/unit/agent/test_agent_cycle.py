@@ -22,7 +22,7 @@ from fleetup._facts import ReleaseFacts
 from fleetup._manifest import scan_tree
 from fleetup._versions import UpdateType
 from fleetup.agent import Agent, Result
-from fleetup.agent._config import DownloadConfig, MaintenanceWindow, PolicyConfig
+from fleetup.agent._config import DownloadConfig, HealthConfig, MaintenanceWindow, PolicyConfig
 from fleetup.agent._director import AgentEvent
 from fleetup.agent._install import prune_releases
 from fleetup.agent._lifecycle import MAX_RESUMES, Journal, Kind, State
@@ -35,6 +35,7 @@ from fleetup.repository import (
     releases_of,
     target_file_name,
 )
+from tests.support.clock import FakeClock
 from tests.support.fake_source import FakeSource, agent_config, agent_over
 from tests.support.releases import APP, PLATFORM, SampleRepo
 from tests.support.trees import File, fingerprint
@@ -529,10 +530,43 @@ def test_the_maintenance_window_follows_the_agent_clock(
     assert (outcome.result, outcome.version) == (Result.NOTHING, "1.0")
     assert "maintenance window 22:00-04:00" in outcome.reason
     assert agent.status()["pending"]["version"] == "1.1"
+    assert outcome.waiting is not None
+    assert agent.status()["waiting"] == {
+        "version": "1.1", "reason": "waiting for the maintenance window 22:00-04:00"}
     now[0] = datetime(2024, 1, 15, 23, 30).astimezone()
     outcome = agent.update()
     assert (outcome.result, outcome.version) == (Result.INSTALLED, "1.1")
     assert agent.status()["pending"] is None
+    assert agent.status()["waiting"] is None
+
+
+# -- the health check's start-up grace --------------------------------------------------
+
+
+def test_an_update_without_an_app_waits_no_start_up_grace(
+        make_repo: Callable[..., SampleRepo], tmp_path: Path) -> None:
+    """Issue 11 §3: with no app restarted there is no start-up to watch, so the default
+    2 s grace is not waited (the health check's clock seam records every wait)."""
+    repo = make_repo("1.0", "1.1")
+    clock = FakeClock(100.0)
+    source = FakeSource(repo.path)
+    agent = Agent(agent_config(tmp_path / "device", health=HealthConfig()),
+                  source_factory=lambda: source, monotonic=clock, sleep=clock.sleep)
+    assert agent.update(wanted="1.0").result is Result.INSTALLED
+    assert agent.update().result is Result.INSTALLED
+    assert clock.sleeps == []
+
+
+def test_a_restarted_app_still_gets_its_start_up_grace(
+        make_repo: Callable[..., SampleRepo], tmp_path: Path) -> None:
+    repo = make_repo("1.0")
+    clock = FakeClock(100.0)
+    source = FakeSource(repo.path)
+    agent = Agent(agent_config(tmp_path / "device", health=HealthConfig(startup_grace=2.0)),
+                  source_factory=lambda: source, monotonic=clock, sleep=clock.sleep,
+                  restarter=FakeRestarter(tmp_path / "device" / "current"))
+    assert agent.update().result is Result.INSTALLED
+    assert 2.0 <= sum(clock.sleeps) <= 2.0 + 0.1 + 1e-9  # the grace, in 0.1 s looks
 
 
 # -- failures that are not remembered -------------------------------------------------------
@@ -577,6 +611,19 @@ def test_a_second_agent_on_the_same_root_is_refused(make_repo: Callable[..., Sam
     other, _ = new_agent(repo, tmp_path)
     with agent.store.lock(), pytest.raises(StateError, match="another fleetup agent"):
         other.update()
+
+
+def test_a_check_beside_another_agent_decides_and_records_nothing(
+        make_repo: Callable[..., SampleRepo], tmp_path: Path) -> None:
+    repo = make_repo("1.0", "1.1")
+    agent, _ = new_agent(repo, tmp_path)
+    agent.update(wanted="1.0")
+    status = agent.status()
+    other, _ = new_agent(repo, tmp_path)
+    with agent.store.lock():
+        answer = other.check()
+    assert (answer.installed, answer.available) == ("1.0", "1.1")
+    assert other.status() == status
 
 
 # -- resuming after a crash ----------------------------------------------------------------

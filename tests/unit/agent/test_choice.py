@@ -19,8 +19,10 @@ from fleetup.agent._choice import (
     Install,
     RollbackTo,
     UpToDate,
+    Waiting,
     check_instruction,
     choose,
+    waiting_of,
 )
 from fleetup.agent._config import MaintenanceWindow, PolicyConfig
 from fleetup.errors import UsageError
@@ -303,6 +305,19 @@ def test_a_deferred_major_says_how_to_install_it() -> None:
     decision = choose([rel("2.0", type=T.MAJOR)], device("1.0"), POLICY, NOW)
     assert isinstance(decision, Defer)
     assert "update --version 2.0" in decision.reason
+
+
+def test_what_waits_and_why() -> None:
+    """Issue 11 §3: the release ``check`` reports but ``update`` holds back, and why."""
+    major = choose([rel("2.0", type=T.MAJOR)], device("1.0"), POLICY, NOW)
+    assert waiting_of(major) == Waiting(
+        "2.0", "major updates install only on request (update --version 2.0)")
+    window = choose([rel("1.0.1", type=T.PATCH)], device("1.0"), NIGHT, local(12))
+    assert waiting_of(window) == Waiting("1.0.1", "waiting for the maintenance window "
+                                                  "22:00-04:00")
+    for decision in (choose([rel("1.1")], device("1.0"), POLICY, NOW),
+                     choose([rel("1.0")], device("1.0"), POLICY, NOW)):
+        assert waiting_of(decision) is None
 
 
 def test_a_waiting_major_does_not_hold_back_a_minor_on_the_installed_line() -> None:

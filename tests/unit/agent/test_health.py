@@ -99,6 +99,12 @@ def test_the_local_timeout_wins_and_no_signed_check_is_fine() -> None:
     assert (empty.commands, empty.urls, empty.timeout) == ((), (), 30.0)
 
 
+def test_no_start_up_grace_when_the_switch_restarted_no_app() -> None:
+    local = HealthConfig(startup_grace=2.0)
+    assert plan_health(None, local).startup_grace == 2.0
+    assert plan_health(None, local, app_restarted=False).startup_grace == 0.0
+
+
 def test_an_empty_plan_passes(current: Path) -> None:
     assert check(plan(), current) is None
 

@@ -187,6 +187,19 @@ def test_network_commands_fail_with_one_line_and_change_nothing(agent: Run,
         before["version"], before["state"], before["kept"])
 
 
+def test_one_shot_commands_log_what_they_change_or_refuse(agent: Run, device: Path) -> None:
+    """Issue 11 §3: one-shot commands log to the daemon's ``agent.log``, while the console
+    keeps its one error line."""
+    log = device / ".fleetup" / "log" / "agent.log"
+    assert agent("rollback", "--to", "1.0").code == 0
+    ran = agent("check")
+    assert ran.code == 1
+    assert ran.err.count("\n") == 1, ran.err
+    text = log.read_text()
+    assert "rollback 1.0: rolled-back (rolled back by the operator)" in text
+    assert "check refused: " in text
+
+
 def test_a_bad_config_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     config = config_file(tmp_path, tmp_path / "device", extra="[policy]\nwindow = \"late\"\n")
     assert main(["agent", "-c", str(config), "status"]) == 1
@@ -202,8 +215,14 @@ def test_another_agent_holding_the_lock(agent: Run, device: Path) -> None:
 
     with DeviceStore(device).lock():
         ran = agent("rollback", "--to", "1.0")
+        read_only = [agent(*command).code for command in (
+            ("status",), ("history",), ("verify",), ("verify", "--json"))]
+        repair = agent("verify", "--repair")
     assert ran.code == 1
     assert "another fleetup agent is working on" in ran.err
+    assert read_only == [0, 0, 0, 0]  # issue 11 §3: reading needs no update lock
+    assert repair.code == 1
+    assert "another fleetup agent is working on" in repair.err
 
 
 def test_a_missing_optional_package_names_the_extra_to_install(
