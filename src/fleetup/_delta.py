@@ -127,7 +127,8 @@ __all__ = [
     "plan_delta",
 ]
 
-# What every agent installation can apply (HDiffPatch is the optional extra).
+# What an agent applies even where hdiffpatch (a dependency, with wheels for manylinux
+# x86_64 and aarch64) could not be installed; a delta lists any other method it needs.
 BASE_METHODS = frozenset({Method.LIT.value, Method.ZDICT.value, Method.BSDIFF.value})
 
 

@@ -6,8 +6,9 @@ the patch as hostile: a section never reads past its declared length, every decl
 size is checked before memory is allocated for it, zstd windows are capped, and each
 decoder must produce exactly the bytes the header declared.
 
-HDiffPatch (the ``hdiffpatch`` package) is optional: without it a device still applies
-every patch that does not use it, and a publisher does not make such patches.
+HDiffPatch (the ``hdiffpatch`` package) is a dependency, but its wheels do not cover
+every platform: without it a device still applies every patch that does not use it,
+and a publisher does not make such patches.
 """
 
 from __future__ import annotations
