@@ -253,7 +253,7 @@ def _estimate(part: Part, files: _Files, allowed: Collection[Method]) -> dict[Me
     if Method.ZDICT in allowed:
         costs[Method.ZDICT] = len(zstd_frame(target, ref, _ESTIMATE_LEVEL))
     if Method.HDIFF in allowed:
-        diff = hdiff_encode(ref, target, validate=False)
+        diff = files.hdiff((part.base,), (part.path,), ref, target)
         costs[Method.HDIFF] = len(zstd_frame(diff, level=_ESTIMATE_LEVEL))
     bsdiff_max = _BSDIFF_BESIDE_HDIFF if Method.HDIFF in allowed else _BSDIFF_ALONE
     if Method.BSDIFF in allowed and max(part.size, part.base_size) <= bsdiff_max:
@@ -290,6 +290,7 @@ class _Files:
         self.old_tree = old
         self.old_files = {e.path: e for e in old.entries if e.type is EntryType.FILE}
         self._done: dict[Segment, _Payload] = {}
+        self._hdiffs: dict[tuple[tuple[str, ...], tuple[str, ...]], bytes] = {}
 
     def __enter__(self) -> _Files:
         return self
@@ -309,6 +310,19 @@ class _Files:
         with (self.new_dir / path).open("rb") as f:
             return b"\0" not in f.read(8192)
 
+    def hdiff(self, bases: tuple[str, ...], paths: tuple[str, ...], ref: bytes,
+              target: bytes) -> bytes:
+        """The HDiffPatch diff of these new files against these old ones, made once
+        (the estimate's diff is the single-file segment's), and checked by applying it
+        as a device will."""
+        key = bases, paths
+        if key not in self._hdiffs:
+            raw = hdiff_encode(ref, target, validate=False)
+            if hdiff_apply(ref, raw, len(target)) != target:  # pragma: no cover - a bug
+                raise DeltaError(f"HDiffPatch made a diff that does not apply: {paths[0]}")
+            self._hdiffs[key] = raw
+        return self._hdiffs[key]
+
     def encode(self, segment: Segment) -> _Payload:
         if segment not in self._done:
             self._done[segment] = self._encode(segment)
@@ -327,7 +341,7 @@ class _Files:
         ref = b"".join(self.old(p) for p in segment.bases)
         control = 0
         if method is Method.HDIFF:
-            raw = hdiff_encode(ref, target)
+            raw = self.hdiff(segment.bases, tuple(p.path for p in segment.parts), ref, target)
         else:
             raw, control = bsdiff_encode(ref, target)
         if len(raw) > raw_limit(size):  # a device would refuse it; it would not pay anyway
