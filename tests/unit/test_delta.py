@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetup import _delta, _delta_codecs
+from fleetup._archive import DEFAULT_LEVEL, build_archive
 from fleetup._delta import DELTA_FORMAT, Method, apply_delta, make_delta, plan_delta
 from fleetup._delta_plan import (
     SEGMENT_MAX,
@@ -40,7 +41,6 @@ from fleetup._delta_plan import (
     shape,
     zdict_context,
 )
-from fleetup._archive import DEFAULT_LEVEL, build_archive
 from fleetup._manifest import Entry, EntryType, TreeManifest, scan_tree
 from fleetup.errors import DeltaError
 from fleetup.repository import RepoConfig
