@@ -23,7 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Comparison", "Context", "Measurement", "Result", "measure", "python_probe"]
+__all__ = ["Comparison", "Context", "Measurement", "Result", "filesystem", "measure",
+           "python_probe"]
 
 ROOT = Path(__file__).resolve().parent
 
@@ -106,3 +107,19 @@ def measure(cmd: Sequence[str], *, cwd: Path | None = None) -> Measurement:
 def python_probe(*args: str) -> list[str]:
     """The command that runs ``benchmarks/_probe.py`` with ``args`` in a fresh interpreter."""
     return [sys.executable, "-m", "benchmarks._probe", *args]
+
+
+def filesystem(path: Path) -> str:
+    """The file system ``path`` is on, as a note says it: ``"disk (ext4 on /dev/vda at /)"``
+    or ``"tmpfs at /dev/shm"`` (from ``/proc/mounts``: the longest mount point above it)."""
+    path = path.resolve()
+    best = ("", "", "?")
+    for line in Path("/proc/mounts").read_text().splitlines():
+        device, point, fstype = [*line.split(), "", "", ""][:3]
+        point = point.replace("\\040", " ")
+        if (path == Path(point) or Path(point) in path.parents) and len(point) > len(best[1]):
+            best = (device, point, fstype)
+    device, point, fstype = best
+    if fstype in ("tmpfs", "ramfs"):
+        return f"{fstype} at {point} (memory, not disk)"
+    return f"disk ({fstype} on {device} at {point})"

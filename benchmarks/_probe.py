@@ -19,8 +19,10 @@ import bsdiff4
 import zstandard  # noqa: F401 - imported by every probe, so "idle" weighs the same
 
 from fleetup._archive import extract_archive
-from fleetup._delta import apply_delta, make_delta
+from fleetup._delta import DeltaNotWorthItError, Method, apply_delta, make_delta
 from fleetup._manifest import TreeManifest, scan_tree
+from fleetup.repository import RepoConfig
+from fleetup.repository._publisher import delta_budget
 
 
 def idle() -> None:
@@ -50,12 +52,24 @@ def hdiff_patch(old: str, patch: str, out: str) -> None:
     Path(out).write_bytes(hdiffpatch.apply(Path(old).read_bytes(), Path(patch).read_bytes()))
 
 
-def fleetup_make(old_dir: str, new_dir: str, patch: str) -> Callable[[], None]:
+def fleetup_make(old_dir: str, new_dir: str, patch: str, full_size: str) -> Callable[[], None]:
+    """As ``release add`` does with a default repository: its methods, and no delta
+    (``no-delta`` printed, the patch left empty) unless it saves a tenth of the archive."""
     old, new = scan_tree(Path(old_dir)), scan_tree(Path(new_dir))
+    methods = {Method(m) for m in RepoConfig().delta_methods}
+    budget = delta_budget(int(full_size))
 
     def run() -> None:
         with open(patch, "wb") as out:
-            make_delta(Path(old_dir), old, Path(new_dir), new, out)
+            try:
+                make_delta(Path(old_dir), old, Path(new_dir), new, out, methods=methods,
+                           give_up_above=budget)
+            except DeltaNotWorthItError:
+                out.truncate(0)
+        if Path(patch).stat().st_size > budget:
+            Path(patch).write_bytes(b"")
+        if Path(patch).stat().st_size == 0:
+            print("no-delta")
     return run
 
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,9 +27,19 @@ from pathlib import Path
 
 import zstandard
 
-from benchmarks import ROOT, Comparison, Context, Measurement, Result, measure, python_probe
+from benchmarks import (
+    ROOT,
+    Comparison,
+    Context,
+    Measurement,
+    Result,
+    filesystem,
+    measure,
+    python_probe,
+)
 from fleetup._archive import DEFAULT_LEVEL, build_archive
 from fleetup._manifest import scan_tree
+from fleetup.repository import RepoConfig
 
 __all__ = ["TITLE", "Pair", "load_pairs", "run"]
 
@@ -36,6 +48,9 @@ RELEASES = ROOT / "releases.txt"
 FLEETUP = "fleetup"
 BSDIFF_TREE = "bsdiff4 (tree)"
 FULL = "full archive"
+# Issue 18: a publisher diffs each pair in at most this long, in at most this much memory.
+DIFF_SECONDS_GOAL = 30.0
+DIFF_MB_GOAL = 1000.0
 COLUMNS = ["pair", "tool", "patch bytes", "x fleetup", "diff s", "apply s", "diff peak MB",
            "apply peak MB", "output ok"]
 
@@ -91,7 +106,9 @@ def fetch(pair: Pair, version: str, cache: Path, log: Callable[[str], None]) -> 
     if pair.platform:
         cmd += ["--platform", pair.platform, "--implementation", "cp", "--abi", pair.python,
                 "--python-version", f"{pair.python[2]}.{pair.python[3:]}"]
-    subprocess.run(cmd, check=True)
+    # A machine-wide pip constraints file (PIP_CONSTRAINT, pip.conf) pins what this
+    # machine installs, not what it may download to diff: it is switched off here.
+    subprocess.run(cmd, check=True, env={**os.environ, "PIP_CONSTRAINT": ""})
     shutil.rmtree(where, ignore_errors=True)
     partial.rename(where)
     return next(where.iterdir())
@@ -129,6 +146,7 @@ class Outcome:
     diff: Measurement | None = None
     apply: Measurement | None = None
     ok: bool | None = None
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -145,8 +163,8 @@ class Inputs:
     new_digest: str
 
 
-def prepare(pair: Pair, ctx: Context) -> Inputs:
-    work = ctx.scratch / pair.name
+def prepare(pair: Pair, ctx: Context, scratch: Path) -> Inputs:
+    work = scratch / pair.name
     work.mkdir()
     old_tree, new_tree = tree(pair, pair.old, ctx), tree(pair, pair.new, ctx)
     paths: dict[str, Path] = {}
@@ -180,9 +198,14 @@ def best_of(cmd: list[str], output: Path) -> Measurement:
 
 
 def run_fleetup(inputs: Inputs) -> Outcome:
+    """``release add``'s delta with a default repository; when it publishes none, what a
+    device downloads and unpacks instead: the full archive."""
     patch, dest = inputs.work / "fleetup.fdelta", inputs.work / "fleetup.tree"
     diff = measure(python_probe("fleetup-make", str(inputs.old_tree), str(inputs.new_tree),
-                                str(patch)))
+                                str(patch), str(inputs.new_zst.stat().st_size)))
+    if "no-delta" in diff.stdout.split():
+        full = run_full_archive(inputs)
+        return Outcome(FLEETUP, full.size, diff, full.apply, full.ok, " (no delta: full)")
     apply = best_of(python_probe("fleetup-apply", str(inputs.old_tree),
                                  str(inputs.work / "old.manifest.json"), str(patch), str(dest)),
                     dest)
@@ -297,24 +320,21 @@ def _remove(path: Path) -> None:
 def run(ctx: Context) -> Result:
     result = Result(TITLE, COLUMNS)
     idle = measure(python_probe("idle"))
-    for pair in load_pairs():
-        if ctx.quick and not pair.quick:
-            continue
-        ctx.log(f"-- {pair.label}")
-        inputs = prepare(pair, ctx)
-        outcomes = [run_fleetup(inputs)]
-        for baseline in BASELINES:
-            if available(baseline):
-                ctx.log(f"   {baseline.name}")
-                outcomes.append(run_baseline(baseline, inputs))
-            else:
-                result.notes.append(f"{baseline.name}: not installed, left out")
-        outcomes.append(run_full_archive(inputs))
-        untar = unpack_tar_seconds(inputs)
-        result.rows.extend(_rows(pair, outcomes))
-        result.comparisons.extend(_comparisons(pair, outcomes, untar))
-        shutil.rmtree(inputs.work, ignore_errors=True)
+    # On disk, as a publisher meets it, whatever the runner's scratch is (often tmpfs).
+    scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=ctx.cache))
+    try:
+        for pair in load_pairs():
+            if ctx.quick and not pair.quick:
+                continue
+            ctx.log(f"-- {pair.label}")
+            _run_pair(pair, ctx, scratch, result)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     result.notes[:0] = [
+        f"measured on {filesystem(scratch)}: trees, tars, patches and rebuilt trees;",
+        "fleetup: `release add` with a default repository (methods "
+        f"{', '.join(RepoConfig().delta_methods)}; no delta unless it saves a tenth of the "
+        "full archive, then the device downloads the full archive);",
         "diff/apply s: the operation alone, in its own process; peak MB: that process's "
         f"maximum RSS (a Python probe idles at {idle.peak_bytes / 1e6:.0f} MB: interpreter, "
         "zstandard, bsdiff4, fleetup);",
@@ -328,11 +348,27 @@ def run(ctx: Context) -> Result:
     return result
 
 
+def _run_pair(pair: Pair, ctx: Context, scratch: Path, result: Result) -> None:
+    inputs = prepare(pair, ctx, scratch)
+    outcomes = [run_fleetup(inputs)]
+    for baseline in BASELINES:
+        if available(baseline):
+            ctx.log(f"   {baseline.name}")
+            outcomes.append(run_baseline(baseline, inputs))
+        elif (note := f"{baseline.name}: not installed, left out") not in result.notes:
+            result.notes.append(note)
+    outcomes.append(run_full_archive(inputs))
+    untar = unpack_tar_seconds(inputs)
+    result.rows.extend(_rows(pair, outcomes))
+    result.comparisons.extend(_comparisons(pair, outcomes, untar))
+    shutil.rmtree(inputs.work, ignore_errors=True)
+
+
 def _rows(pair: Pair, outcomes: list[Outcome]) -> list[list[str]]:
     fleetup_size = outcomes[0].size
     rows = []
     for o in outcomes:
-        rows.append([pair.label, o.tool, f"{o.size:,}", f"{o.size / fleetup_size:.2f}",
+        rows.append([pair.label, o.tool + o.note, f"{o.size:,}", f"{o.size / fleetup_size:.2f}",
                      _secs(o.diff), _secs(o.apply), _mb(o.diff), _mb(o.apply),
                      {True: "yes", False: "NO", None: "-"}[o.ok]])
     return rows
@@ -356,6 +392,9 @@ def _comparisons(pair: Pair, outcomes: list[Outcome], untar: float) -> list[Comp
         Comparison(case, "apply peak memory", f_apply.peak_bytes / 1e6, BSDIFF_TREE,
                    b_apply.peak_bytes / 1e6, "MB"),
         Comparison(case, "diff time", f_diff.seconds, BSDIFF_TREE, b_diff.seconds, "s"),
+        Comparison(case, "diff time", f_diff.seconds, "goal", DIFF_SECONDS_GOAL, "s"),
+        Comparison(case, "diff peak memory", f_diff.peak_bytes / 1e6, "goal",
+                   DIFF_MB_GOAL, "MB"),
     ]
 
 

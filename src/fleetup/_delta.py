@@ -128,7 +128,8 @@ __all__ = [
     "plan_delta",
 ]
 
-# What every agent installation can apply (HDiffPatch is the optional extra).
+# What an agent applies even where hdiffpatch (a dependency, with wheels for manylinux
+# x86_64 and aarch64) could not be installed; a delta lists any other method it needs.
 BASE_METHODS = frozenset({Method.LIT.value, Method.ZDICT.value, Method.BSDIFF.value})
 
 
@@ -148,9 +149,6 @@ _UNRELATED = 0.9
 # small files only when HDiffPatch is there, on larger ones when it is the only differ.
 _BSDIFF_BESIDE_HDIFF = 1 << 20
 _BSDIFF_ALONE = 16 << 20
-# Larger binaries go to HDiffPatch unmeasured: on every release pair we measured it made
-# them 3x smaller than zstd with a dictionary, and smaller than bsdiff4, much faster.
-_MEASURE_BINARY_MAX = 1 << 20
 
 
 def make_delta(old_dir: Path, old: TreeManifest, new_dir: Path, new: TreeManifest,
@@ -236,33 +234,40 @@ def _parts(plan: Sequence[PlanItem], files: _Files) -> list[Part]:
 
 
 def _estimate(part: Part, files: _Files, allowed: Collection[Method]) -> dict[Method, int]:
-    """Sizes of ``part`` under each method, with quick settings, to choose between them."""
+    """Sizes of ``part`` under each method, with quick settings, to choose between them.
+
+    Every diff method is measured on binaries: a rebuilt binary (relinked addresses every
+    few bytes) looks unrelated to its old self to zstd, yet diffs to a fraction of its
+    size. Only text, where zstd's matches are what any differ would find, is judged
+    unrelated by a quick zstd look first.
+    """
+    text = files.looks_like_text(part.path)
     if part.base is None or segment_memory(Method.HDIFF, [part]) > SEGMENT_MAX:
-        # New text shares words with its neighbours; a new binary seldom does.
-        small_text = part.size <= SEGMENT_MAX and files.looks_like_text(part.path)
-        return {Method.ZDICT if small_text and Method.ZDICT in allowed else Method.LIT: 0}
-    if (Method.HDIFF in allowed and part.size > _MEASURE_BINARY_MAX
-            and not files.looks_like_text(part.path)):
-        return {Method.HDIFF: 0}
+        return _alone(part, text, allowed)
     ref, target = files.old(part.base), files.new(part.path)
-    # A first look at level 1 (fast): if the old file does not make the new one
+    # A first look at level 1 (fast): if the old text does not make the new one
     # noticeably cheaper, they are unrelated (a base guessed from the name alone) and
     # the costly diff estimates would be spent for nothing.
-    quick_lit = len(zstd_frame(target, level=1))
-    if len(zstd_frame(target, ref, 1)) > quick_lit * _UNRELATED:
-        small_text = part.size <= SEGMENT_MAX and files.looks_like_text(part.path)
-        return {Method.ZDICT if small_text and Method.ZDICT in allowed else Method.LIT: 0}
+    if text and len(zstd_frame(target, ref, 1)) > len(zstd_frame(target, level=1)) * _UNRELATED:
+        return _alone(part, text, allowed)
     costs = {Method.LIT: len(zstd_frame(target, level=_ESTIMATE_LEVEL))}
     if Method.ZDICT in allowed:
         costs[Method.ZDICT] = len(zstd_frame(target, ref, _ESTIMATE_LEVEL))
     if Method.HDIFF in allowed:
-        diff = hdiff_encode(ref, target, validate=False)
+        diff = files.hdiff((part.base,), (part.path,), ref, target)
         costs[Method.HDIFF] = len(zstd_frame(diff, level=_ESTIMATE_LEVEL))
     bsdiff_max = _BSDIFF_BESIDE_HDIFF if Method.HDIFF in allowed else _BSDIFF_ALONE
     if Method.BSDIFF in allowed and max(part.size, part.base_size) <= bsdiff_max:
         blob, _ = bsdiff_encode(ref, target)
         costs[Method.BSDIFF] = len(zstd_frame(blob, level=_ESTIMATE_LEVEL))
     return costs
+
+
+def _alone(part: Part, text: bool, allowed: Collection[Method]) -> dict[Method, int]:
+    """A file with nothing to diff against (cost unmeasured): new text shares words
+    with its neighbours (zstd with the old tree as dictionary), a new binary seldom."""
+    small_text = part.size <= SEGMENT_MAX and text
+    return {Method.ZDICT if small_text and Method.ZDICT in allowed else Method.LIT: 0}
 
 
 def _rough_size(part: Part, files: _Files, costs: dict[Method, int]) -> int:
@@ -286,6 +291,7 @@ class _Files:
         self.old_tree = old
         self.old_files = {e.path: e for e in old.entries if e.type is EntryType.FILE}
         self._done: dict[Segment, _Payload] = {}
+        self._hdiffs: dict[tuple[tuple[str, ...], tuple[str, ...]], bytes] = {}
 
     def __enter__(self) -> _Files:
         return self
@@ -305,6 +311,19 @@ class _Files:
         with (self.new_dir / path).open("rb") as f:
             return b"\0" not in f.read(8192)
 
+    def hdiff(self, bases: tuple[str, ...], paths: tuple[str, ...], ref: bytes,
+              target: bytes) -> bytes:
+        """The HDiffPatch diff of these new files against these old ones, made once
+        (the estimate's diff is the single-file segment's), and checked by applying it
+        as a device will."""
+        key = bases, paths
+        if key not in self._hdiffs:
+            raw = hdiff_encode(ref, target, validate=False)
+            if hdiff_apply(ref, raw, len(target)) != target:  # pragma: no cover - a bug
+                raise DeltaError(f"HDiffPatch made a diff that does not apply: {paths[0]}")
+            self._hdiffs[key] = raw
+        return self._hdiffs[key]
+
     def encode(self, segment: Segment) -> _Payload:
         if segment not in self._done:
             self._done[segment] = self._encode(segment)
@@ -323,7 +342,7 @@ class _Files:
         ref = b"".join(self.old(p) for p in segment.bases)
         control = 0
         if method is Method.HDIFF:
-            raw = hdiff_encode(ref, target)
+            raw = self.hdiff(segment.bases, tuple(p.path for p in segment.parts), ref, target)
         else:
             raw, control = bsdiff_encode(ref, target)
         if len(raw) > raw_limit(size):  # a device would refuse it; it would not pay anyway

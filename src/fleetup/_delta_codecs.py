@@ -6,8 +6,9 @@ the patch as hostile: a section never reads past its declared length, every decl
 size is checked before memory is allocated for it, zstd windows are capped, and each
 decoder must produce exactly the bytes the header declared.
 
-HDiffPatch (the ``hdiffpatch`` package) is optional: without it a device still applies
-every patch that does not use it, and a publisher does not make such patches.
+HDiffPatch (the ``hdiffpatch`` package) is a dependency, but its wheels do not cover
+every platform: without it a device still applies every patch that does not use it,
+and a publisher does not make such patches.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ def compress(data: bytes) -> tuple[Codec, bytes, int]:
     best: tuple[Codec, bytes, int] = (Codec.ZSTD, zstd_frame(data), 0)
     if len(data) <= _XZ_MAX:
         window = max(_XZ_MIN_WINDOW, _window_log(len(data)))
-        xz = _xz(data, window, _literal_bits(data))
+        xz = _best_xz(data, window)
         if len(xz) < len(best[1]):
             best = (Codec.XZ, xz, window)
     return best
@@ -184,6 +185,14 @@ def compress(data: bytes) -> tuple[Codec, bytes, int]:
 # carries them in its stream, so the decoder needs only the dictionary size.
 _LITERAL_BITS = ((3, 2), (3, 0), (4, 0))
 _SAMPLE = 2 << 20
+
+
+def _best_xz(data: bytes, window: int) -> bytes:
+    """``data`` as xz with the (lc, pb) that suits it: a small payload is its own sample,
+    so the smallest of the trials is the result (xz -9e is the slow part of a delta)."""
+    if len(data) <= _SAMPLE:
+        return min((_xz(data, window, bits) for bits in _LITERAL_BITS), key=len)
+    return _xz(data, window, _literal_bits(data))
 
 
 def _literal_bits(data: bytes) -> tuple[int, int]:
@@ -268,11 +277,16 @@ def zdict_chunks(ref: bytes, source: Section, size: int) -> Iterator[bytes]:
 
 
 def hdiff_encode(ref: bytes, target: bytes, *, validate: bool = True) -> bytes:
-    """An HDiffPatch diff with no inner compression (the payload codec compresses it)."""
+    """An HDiffPatch diff with no inner compression (the payload codec compresses it).
+
+    ``big_cache_match`` (a bloom filter of about a byte per ``ref`` byte) makes the same
+    diff two to three times faster on large binaries.
+    """
     if hdiffpatch is None:  # pragma: no cover - the chooser does not ask then
         raise DeltaError("HDiffPatch is not installed (pip install hdiffpatch)")
     try:
-        return bytes(hdiffpatch.diff(ref, target, "none", validate=validate))
+        return bytes(hdiffpatch.diff(ref, target, "none", validate=validate,
+                                     big_cache_match=True))
     except hdiffpatch.HDiffPatchError as e:  # pragma: no cover - a bug in HDiffPatch
         raise DeltaError(f"HDiffPatch could not diff {len(target)} bytes: {e}") from e
 

@@ -5,6 +5,7 @@ The whole API::
     make_tree(root, {"bin/run": File(b"...", 0o755), "doc": Dir(), "ln": Link("bin/run"),
                      "README": "plain str/bytes values are 0644 files"})   # spec: TreeSpec
     sample_app(root, "1.2.0")             # a small app tree; versions differ only a little
+    wheel_like(version, build)            # spec of an unpacked wheel: dist-info + a .so
     fingerprint(root)                     # {relative path: (kind, mode, sha256)} of a tree
 
 Everything here is deterministic: the same arguments give byte-identical trees, so
@@ -17,12 +18,13 @@ import hashlib
 import os
 import random
 import stat
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["Dir", "File", "Fingerprint", "Link", "TreeSpec", "fingerprint", "make_tree",
-           "sample_app"]
+           "relinked_library", "sample_app", "wheel_like"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,34 @@ def sample_app(root: Path, version: str, *, payload_size: int = 64 << 10, seed: 
         "share/doc/README": f"hello {version}: a sample app for fleetup's tests.\n",
         "var/empty": Dir(),
     })
+
+
+def relinked_library(size: int, build: int) -> bytes:
+    """``size`` bytes of "machine code" as build ``build`` links it: the same code (one
+    pseudo-random body), with a 32-bit address every 6 bytes moved by ``build`` pages.
+
+    Like a rebuilt ``.so``: no run of 6 equal bytes survives between two builds, so zstd
+    with the old build as dictionary barely helps, yet a differ (bsdiff4, HDiffPatch)
+    sees the same code with a constant shift and makes a patch of a few kB.
+    """
+    body = bytearray(random.Random(1).randbytes(size))
+    for offset in range(0, size - 4, 6):
+        (address,) = struct.unpack_from("<I", body, offset)
+        struct.pack_into("<I", body, offset, (address + build * 0x1000) & 0xFFFFFFFF)
+    return bytes(body)
+
+
+def wheel_like(version: str, build: int, *, library_size: int = 256 << 10) -> TreeSpec:
+    """An unpacked binary wheel of ``pkg`` at ``version``: its ``pkg-<version>.dist-info``
+    (renamed every release) and a native library rebuilt for every ``build``."""
+    info = f"pkg-{version}.dist-info"
+    return {
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: pkg\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nRoot-Is-Purelib: false\n",
+        f"{info}/RECORD": f"pkg/__init__.py,,\npkg/_native.so,,\n{info}/RECORD,,\n",
+        "pkg/__init__.py": f"__version__ = {version!r}\nfrom pkg._native import *\n",
+        "pkg/_native.so": File(relinked_library(library_size, build), 0o755),
+    }
 
 
 Fingerprint = dict[str, tuple[str, int, str]]

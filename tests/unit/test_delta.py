@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetup import _delta, _delta_codecs
+from fleetup._archive import DEFAULT_LEVEL, build_archive
 from fleetup._delta import DELTA_FORMAT, Method, apply_delta, make_delta, plan_delta
 from fleetup._delta_plan import (
     SEGMENT_MAX,
@@ -42,7 +43,8 @@ from fleetup._delta_plan import (
 )
 from fleetup._manifest import Entry, EntryType, TreeManifest, scan_tree
 from fleetup.errors import DeltaError
-from tests.support.trees import Dir, File, Link, TreeSpec, make_tree, sample_app
+from fleetup.repository import RepoConfig
+from tests.support.trees import Dir, File, Link, TreeSpec, make_tree, sample_app, wheel_like
 
 # -- manifests without files ---------------------------------------------------------------
 
@@ -351,6 +353,30 @@ def test_binary_files_and_files_larger_than_a_chunk(tmp_path: Path) -> None:
                      "lib/fresh.bin": rng.randbytes(2 << 20)}
     patch = round_trip(tmp_path, old, new)
     assert len(patch) < (2 << 20) + 20_000
+
+
+@pytest.mark.parametrize("hdiffpatch", ["installed", "missing"])
+def test_a_rebuilt_library_in_a_renamed_dist_info_still_gets_a_delta(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hdiffpatch: str) -> None:
+    # As the publisher asks: the repository's default methods, and give up only above
+    # nine tenths of the full archive. zstd alone sees a relinked .so as unrelated.
+    if hdiffpatch == "missing":
+        monkeypatch.setattr(_delta_codecs, "hdiffpatch", None)
+    old_dir = make_tree(tmp_path / "old", wheel_like("1.0", build=0))
+    new_dir = make_tree(tmp_path / "new", wheel_like("1.1", build=1))
+    old, new = scan_tree(old_dir), scan_tree(new_dir)
+    archive = io.BytesIO()
+    build_archive(new_dir, new, archive, DEFAULT_LEVEL)
+    full = len(archive.getvalue())
+    out = io.BytesIO()
+    make_delta(old_dir, old, new_dir, new, out, give_up_above=full * 9 // 10,
+               methods={Method(m) for m in RepoConfig().delta_methods})
+    assert len(out.getvalue()) < full // 20
+    assert detect_moves(old, new) == {"pkg-1.0.dist-info": "pkg-1.1.dist-info"}
+    out.seek(0)
+    rebuilt = apply_delta(out, old_dir, old, tmp_path / "dest", max_size=new.size,
+                          max_entries=len(new.entries))
+    assert rebuilt.digest() == new.digest()
 
 
 def test_large_literal_segments_are_streamed_through_a_temporary_file(

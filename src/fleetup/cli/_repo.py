@@ -24,8 +24,8 @@ def repo() -> None:
               help="Expiry of any role, e.g. --expires timestamp=2 (root 365, targets 90, "
                    "snapshot 7, timestamp 1 by default).")
 @click.option("--delta-methods", default=None, metavar="M,M,...",
-              help="Patch methods deltas may use: lit, zdict, bsdiff (every agent), and "
-                   "hdiff (agents installed with fleetup[hdiff]). [default: lit,zdict,bsdiff]")
+              help="Patch methods deltas may use: lit, zdict, bsdiff, hdiff (HDiffPatch, "
+                   "for binaries). [default: lit,zdict,bsdiff,hdiff]")
 @passphrase_option
 @json_option
 def init(repo_dir: Path, expires_days: float | None, role_expiry: tuple[str, ...],

@@ -323,6 +323,15 @@ def _stage_release(repo: FileRepository, src: Path, facts: ReleaseFacts,
                          for t, _ in deltas}, skipped)
 
 
+def delta_budget(full_size: int) -> int:
+    """The largest delta worth publishing beside a full archive of ``full_size`` bytes.
+
+    A delta is one more signed file and a slower path on the device: it is published only
+    when it saves a tenth of the download or more (the benchmark asks the same).
+    """
+    return full_size * 9 // 10
+
+
 def _stage_deltas(repo: FileRepository, facts: ReleaseFacts, manifest: TreeManifest,
                   new_tree: Path, existing: list[ReleaseFacts], full_size: int,
                   staging: Path, say: Progress
@@ -336,9 +345,7 @@ def _stage_deltas(repo: FileRepository, facts: ReleaseFacts, manifest: TreeManif
         old_tree = staging / f"old-{old.version}"
         old_manifest = _unpack_release(repo, targets.targets[old.target_path], old, old_tree)
         methods = {Method(m) for m in repo.config.delta_methods}
-        # A delta is one more signed file and a slower path on the device: publish it
-        # only when it saves a tenth of the download or more.
-        worth = full_size * 9 // 10
+        worth = delta_budget(full_size)
         patch = staging / f"delta-{old.version}.fdelta"
         try:
             with patch.open("wb") as out:

@@ -110,6 +110,10 @@ class RepoLayout:
         return any((self.root / name).exists() for name in _OLD_SERVED)
 
 
+# What a new repository's deltas may use: every method (see RepoConfig.delta_methods).
+DEFAULT_DELTA_METHODS = ("lit", "zdict", "bsdiff", "hdiff")
+
+
 @dataclass(frozen=True, slots=True)
 class RepoConfig:
     """Per-repository settings, stored in ``fleetup-repo.json``."""
@@ -118,9 +122,10 @@ class RepoConfig:
         "root": 365.0, "targets": 90.0, "snapshot": 7.0, "timestamp": 1.0})
     delta_count: int = 3
     compression_level: int = 10
-    # Patch methods deltas may use. The default is what every agent can apply; add
-    # "hdiff" when the fleet's devices install fleetup[hdiff] (smaller binary deltas).
-    delta_methods: tuple[str, ...] = ("lit", "zdict", "bsdiff")
+    # Patch methods deltas may use. HDiffPatch is a dependency of fleetup, so every agent
+    # of this version applies all four; a delta using hdiff still says so in its facts,
+    # and an agent where hdiffpatch could not be installed takes the full archive.
+    delta_methods: tuple[str, ...] = DEFAULT_DELTA_METHODS
 
     def expiry(self, role: str) -> timedelta:
         return timedelta(days=self.expiry_days[role])
@@ -145,7 +150,7 @@ class RepoConfig:
                        delta_count=int(raw.get("delta_count", 3)),
                        compression_level=int(raw.get("compression_level", 10)),
                        delta_methods=tuple(str(m) for m in raw.get(
-                           "delta_methods", ("lit", "zdict", "bsdiff"))))
+                           "delta_methods", DEFAULT_DELTA_METHODS)))
         except FileNotFoundError:
             raise RepositoryError(f"not a fleetup repository (no {path.name}): "
                                   f"{path.parent}") from None

@@ -38,7 +38,7 @@ from fleetup.repository import (
 from tests.support.clock import FakeClock
 from tests.support.fake_source import FakeSource, agent_config, agent_over
 from tests.support.releases import APP, PLATFORM, SampleRepo
-from tests.support.trees import File, fingerprint
+from tests.support.trees import File, fingerprint, wheel_like
 
 # health.sh of a release that passes only once the operator has fixed the device
 NEEDS_OK_FILE = {"health.sh": File(
@@ -190,6 +190,24 @@ def test_update_swaps_current_through_a_delta(make_repo: Callable[..., SampleRep
     assert last(agent)["artifact"] == "delta:1.0"
     assert agent.store.kept_versions() == ["1.0", "1.1"]
     assert (agent.store.layout.release_dir("1.0") / "VERSION").read_text() == "1.0\n"
+
+
+def test_a_rebuilt_binary_arrives_as_a_delta_of_the_default_method(tmp_path: Path) -> None:
+    # A default repository, a release whose dist-info is renamed and whose 1.1 MB
+    # library is rebuilt: the publisher makes an HDiffPatch delta, the agent applies it.
+    repo = SampleRepo.create(tmp_path)
+    for version, build in (("1.0", 0), ("1.1", 1)):
+        # Just above the size where bsdiff4 is no longer tried beside HDiffPatch.
+        repo.publish(version, extra=wheel_like(version, build, library_size=(1 << 20) + 4096))
+    agent, source = new_agent(repo, tmp_path)
+    assert agent.update(wanted="1.0").result is Result.INSTALLED
+    found = source.delta(APP, PLATFORM, "1.0", "1.1")
+    assert found is not None
+    assert found[0].requires == ("hdiff",)
+    assert agent.update().result is Result.INSTALLED
+    assert_installed(agent, repo, "1.1")
+    assert last(agent)["artifact"] == "delta:1.0"
+    assert source.downloads[release_path("1.1")] == 0
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "network", "deltas-off"])

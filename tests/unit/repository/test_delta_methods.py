@@ -21,15 +21,15 @@ def _delta_facts(repo: Path) -> list[DeltaFacts]:
             if "/deltas/" in p]
 
 
-def test_a_default_repository_makes_deltas_every_agent_can_apply(
+def test_a_default_repository_may_use_every_method_and_says_which_a_delta_needs(
         repo: Path, publish: Publish) -> None:
     publish("1.0.0")
     publish("1.1.0")
     deltas = _delta_facts(repo)
     assert deltas, "no delta was published"
-    assert all(d.requires == () for d in deltas)
+    assert all(set(d.requires) <= {"hdiff"} for d in deltas)
     settings = json.loads((repo / "fleetup-repo.json").read_text())
-    assert settings["delta_methods"] == ["lit", "zdict", "bsdiff"]
+    assert settings["delta_methods"] == ["lit", "zdict", "bsdiff", "hdiff"]
 
 
 def test_a_delta_that_needs_hdiffpatch_says_so(tmp_path: Path, publish: Publish,
