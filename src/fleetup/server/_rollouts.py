@@ -355,7 +355,8 @@ def decide(device: DeviceView, offers: Sequence[Offer]) -> Decision:
             if r.rollback and (decision := _rollback(device, offer)):
                 return decision
             withdrawn.setdefault(r.version, r.id)
-            first_reason = first_reason or f"rollout {r.id} was aborted"
+            first_reason = first_reason or (f"rollout {r.id} was aborted: {r.version} "
+                                            "withdrawn from this device")
             continue
         if r.version in withdrawn:
             first_reason = first_reason or (f"{r.version} was withdrawn from this device by "
