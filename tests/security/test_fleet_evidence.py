@@ -99,7 +99,8 @@ def _ground_cohort(evidence_fleet: Fleet) -> None:
     attacker.report(attacker.event("committed", version="1.1", from_version="1.0",
                                    rollout_id=rollout_id))
     info = _rollout(fleet, rollout_id)
-    assert info["stage_index"] == 0 and info["state"] == "active"
+    assert info["stage_index"] == 0
+    assert info["state"] == "active"
     assert info["stats"]["stage_reports"] == 0
     status = json.loads(cli("rollout", "status", str(rollout_id), "--server",
                             fleet.server.url, "--json", token=fleet.tokens["viewer"]).stdout)

@@ -187,7 +187,8 @@ def test_an_older_rollout_does_not_offer_what_a_newer_abort_took_back() -> None:
     aborted = plan(id=7, state=RolloutState.ABORTED, rollback=True, stages=(100.0,))
     offers = [Offer(done, PLATFORMS), Offer(aborted, PLATFORMS, rollback_to={"d1": "1.0"})]
     decision = decide(device("d1", version="1.0"), offers)
-    assert decision.action == Action.NONE and "withdrawn" in decision.reason
+    assert decision.action == Action.NONE
+    assert "withdrawn" in decision.reason
     assert decide(device("d2", version="1.0"), offers).action == Action.INSTALL
 
 
