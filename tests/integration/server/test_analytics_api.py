@@ -87,7 +87,7 @@ def test_analytics_and_alerts_on_a_seeded_fleet(alerting_fleet: Fleet) -> None:
     for device in stable + beta:
         device.checkin()
     spec = {"app": "hello", "version": "1.1", "channel": "stable", "stages": [30, 100],
-            "soak_seconds": 0, "min_reports": 20, "max_failure_rate": 0.5}
+            "soak_seconds": 600, "min_reports": 8, "max_failure_rate": 0.5}
 
     dry = api(fleet, "POST", "/rollouts/dry-run", json=spec)
     assert json.loads(cli("rollout", "dry-run", "--server", fleet.server.url, "--app", "hello",
