@@ -480,13 +480,14 @@ def load_offers(session: Session) -> dict[str, list[Offer]]:
     ones only the newest per app and channel matters.
     """
     rows = list(session.scalars(select(Rollout).where(
-        or_(Rollout.state.in_(["active", "paused", "completed"]),
-            and_(Rollout.state == "aborted", Rollout.rollback.is_(True))))
+        or_(Rollout.state.in_([RolloutState.ACTIVE, RolloutState.PAUSED,
+                               RolloutState.COMPLETED]),
+            and_(Rollout.state == RolloutState.ABORTED, Rollout.rollback.is_(True))))
         .order_by(Rollout.id.desc())))
     newest_completed: set[tuple[str, str]] = set()
     keep: list[Rollout] = []
     for row in rows:
-        if row.state == "completed":
+        if row.state == RolloutState.COMPLETED:
             if (row.app, row.channel) in newest_completed:
                 continue
             newest_completed.add((row.app, row.channel))
