@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fleetup._facts import DeltaFacts, ReleaseFacts
+from fleetup._protocol import RolloutId
 from fleetup.agent._choice import Decision, DeviceView, choose
 from fleetup.agent._config import PolicyConfig
 
@@ -65,7 +66,7 @@ class AgentEvent:
     version: str | None = None
     from_version: str | None = None
     update_id: str | None = None
-    rollout_id: str | None = None
+    rollout_id: RolloutId | None = None
     reason: str = ""
     details: Mapping[str, Any] = field(default_factory=dict)
 

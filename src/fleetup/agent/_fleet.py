@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from fleetup._atomic import atomic_write
+from fleetup._protocol import RolloutId, rollout_id_of
 from fleetup.agent._choice import (
     Decision,
     DeviceView,
@@ -265,7 +266,7 @@ class FleetDirector:
         self.client = client
         self.config = config
         self.sink = sink
-        self.rollout_id: str | None = None
+        self.rollout_id: RolloutId | None = None
         self._next: float | None = None
 
     def decide(self, device: DeviceView, source: ReleaseSource, now: datetime,
@@ -281,8 +282,7 @@ class FleetDirector:
             "version": device.installed, "state": journal_state.value,
             "kept": list(device.kept), "failed": sorted(device.failed)})
         self._next = float(answer.get("next_check_seconds") or self.config.poll_interval)
-        rollout = answer.get("rollout_id")
-        self.rollout_id = None if rollout is None else str(rollout)
+        self.rollout_id = rollout_id_of(answer.get("rollout_id"))
         action, version = answer.get("action"), answer.get("version")
         if action not in ("install", "rollback") or not isinstance(version, str):
             return self._unless_yanked(device, source, now,
@@ -333,11 +333,7 @@ class FleetEventSink:
 
     def emit(self, event: AgentEvent) -> None:
         body = event.to_dict()
-        if body.get("rollout_id") is not None:
-            try:
-                body["rollout_id"] = int(body["rollout_id"])
-            except (TypeError, ValueError):
-                body["rollout_id"] = None
+        body["rollout_id"] = rollout_id_of(body.get("rollout_id"))
         body["reason"] = str(body.get("reason") or "")[:1000]
         try:
             self._dir.mkdir(parents=True, exist_ok=True)

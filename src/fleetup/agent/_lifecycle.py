@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from fleetup._protocol import RolloutId, rollout_id_of
 from fleetup.errors import StateError
 
 __all__ = ["GIVE_UP", "MAX_RESUMES", "RESUME", "TRANSITIONS", "Event", "Journal", "Kind", "State",
@@ -191,7 +192,7 @@ class Journal:
     reason: str = ""
     blame: bool = False
     on_purpose: bool = False
-    rollout_id: str | None = None
+    rollout_id: RolloutId | None = None
     retire: str | None = None
     started_at: str = ""
     updated_at: str = ""
@@ -218,6 +219,8 @@ class Journal:
             body.pop("format", None)
             body["state"] = State(body["state"])
             body["kind"] = Kind(body.get("kind", "update"))
+            # Journals of older agents kept the rollout id as text.
+            body["rollout_id"] = rollout_id_of(body.get("rollout_id"))
             known = set(cls.__dataclass_fields__)
             return cls(**{k: v for k, v in body.items() if k in known})
         except (ValueError, KeyError, TypeError) as e:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -37,7 +36,6 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from fleetup._cohort import cohort_of
 from fleetup._manifest import scan_tree
 from fleetup.demo._sample import write_release
 from fleetup.errors import FleetupError
@@ -273,7 +271,7 @@ enabled = false
         self.act("2. v1.1.0 rolls out in stages, advancing on health")
         self.publish("1.1.0", "faster start-up")
         self.push("1.1.0")
-        rollout = self.start_rollout("1.1.0", self.stages(2), soak=3)
+        rollout = self.start_rollout("1.1.0", self.stages("1.1.0"), soak=3)
         self.watch(rollout, lambda f: _all_on(f, self.devices, "1.1.0")
                    and f.rollouts[rollout]["state"] == "completed",
                    "every device on 1.1.0 and the rollout completed")
@@ -282,21 +280,36 @@ enabled = false
         self.act("3. v1.2.0 is broken: its first stage fails and rolls back, the rollout stops")
         self.publish("1.2.0", "new storage engine", broken=True)
         self.push("1.2.0")
-        stages = self.stages(3)
-        self.first_stage = [d for d in self.devices if cohort_of(d, "3") < stages[0]]
+        stages = self.stages("1.2.0")
         rollout = self.start_rollout("1.2.0", stages, soak=5)
+        cohorts = self.api(f"/api/v1/rollouts/{rollout}/devices?limit=1000")["data"]
+        self.first_stage = [d["device_id"] for d in cohorts if d["cohort"] < stages[0]]
         self.watch(rollout, lambda f: f.rollouts[rollout]["state"] == "paused"
                    and _all_on(f, self.devices, "1.1.0")
                    and len(self.rollbacks) >= len(self.first_stage),
                    "the rollout paused and its devices back on 1.1.0")
 
-    def stages(self, rollout_id: int) -> list[float]:
+    def stages(self, version: str) -> list[float]:
         """10 → 50 → 100 %, with a first stage big enough to hold at least one device of
-        this (small) fleet: cohorts are hash(device id, rollout id), known in advance."""
-        cohorts = sorted(cohort_of(d, str(rollout_id)) for d in self.devices)
+        this (small) fleet. Cohorts hash a key the server made for each device, so the
+        server's dry run (with the id the rollout will get) says what a stage reaches."""
         wanted = max(1, round(len(self.devices) * 0.1))
-        first = max(10.0, math.floor(cohorts[wanted - 1]) + 1.0)
-        return [first, max(50.0, first + 1), 100.0]
+        first = 10.0
+        while first < 99:
+            stages = [first, max(50.0, first + 1), 100.0]
+            reach = self.dry_run(version, stages)
+            if reach[0]["reached"] >= wanted:
+                return stages
+            first += 5.0
+        return [99.0, 100.0]
+
+    def dry_run(self, version: str, stages: list[float]) -> list[dict[str, Any]]:
+        response = httpx.post(self.url + "/api/v1/rollouts/dry-run", timeout=10, json={
+            "app": APP, "version": version, "channel": "stable", "stages": stages},
+            headers={"Authorization": f"Bearer {self.tokens['viewer']}"})
+        response.raise_for_status()
+        reach: list[dict[str, Any]] = response.json()["stages"]
+        return reach
 
     def push(self, version: str) -> None:
         self.fleetup("release", "push", "--repo", str(self.repo), "--app", APP,

@@ -68,12 +68,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from fleetup._protocol import INTEGRITY_EVENTS, ROLLBACK_EVENTS
 from fleetup._version import __version__
 from fleetup.errors import ServerAPIError
 from fleetup.server import _crud
 from fleetup.server._analytics import (
-    INTEGRITY_TYPES,
-    ROLLBACK_TYPES,
     ChannelTarget,
     DeviceRow,
     EventRow,
@@ -275,7 +274,7 @@ def _rollback(rule: Rule, facts: FleetFacts) -> list[Firing]:
                 r.app, {"rollout_id": r.rollout_id, "version": r.version,
                         "channel": r.channel, "cause": "operator"}))
     groups: dict[str, list[EventRow]] = {}
-    for e in _new_events(rule, facts, ROLLBACK_TYPES):
+    for e in _new_events(rule, facts, ROLLBACK_EVENTS):
         key = (f"rollout:{e.rollout_id}:rollback" if e.rollout_id is not None
                else f"version:{e.app}:{e.from_version}:rollback")
         groups.setdefault(key, []).append(e)
@@ -300,7 +299,7 @@ def _integrity(rule: Rule, facts: FleetFacts) -> list[Firing]:
         f"{e.app}: device {e.device_id} refused {e.version}: {e.reason or 'verification failed'}",
         e.app, {"device_id": e.device_id, "version": e.version, "event_id": e.event_id,
                 "rollout_id": e.rollout_id, "reason": e.reason, "at": e.at.isoformat()})
-        for e in _new_events(rule, facts, INTEGRITY_TYPES)]
+        for e in _new_events(rule, facts, INTEGRITY_EVENTS)]
 
 
 def _new_events(rule: Rule, facts: FleetFacts, types: frozenset[str]) -> list[EventRow]:
@@ -371,7 +370,7 @@ def gather_facts(session: Session, rules: Sequence[Rule], now: datetime) -> Flee
     event_rules = [r for r in rules if r.kind in EVENT_KINDS]
     if event_rules:
         events = recent_events(session, since=min(r.events_since for r in event_rules),
-                               types=ROLLBACK_TYPES | INTEGRITY_TYPES)
+                               types=ROLLBACK_EVENTS | INTEGRITY_EVENTS)
     targets: dict[tuple[str, str], ChannelTarget] = {}
     devices: list[DeviceRow] = []
     if RuleKind.STUCK_DEVICES in kinds:

@@ -9,12 +9,14 @@ few keyword-only queries below them load those rows.
 
 Definitions (documented here once, shown in the API's descriptions):
 
-- An **update** is one attempt of a device to install a release. Events of one attempt
-  share the device's ``update_id``; an event without one is an attempt of its own. An
-  update **succeeded** if it reported ``committed`` and **failed** if it reported
+- An **update** is a device's attempts at one release version (the classification is
+  :mod:`fleetup._protocol`'s, shared with the halt rule and the alerts): a device that
+  retries, or repeats a report a hundred times, is still one update. An update
+  **succeeded** if it reported ``committed`` and **failed** if it reported
   ``health-failed``, ``verify-failed``, ``download-failed`` or ``error`` (and did not
-  commit). A **rollback** is an attempt that reported ``rolled-back`` (the agent went
-  back after a failed health check, or on an operator's order) or ``rollback``.
+  commit). A **rollback** is an update that reported ``rolled-back`` (the agent went
+  back after a failed health check, or on an operator's order) or ``rollback``, about
+  the version it left. An event naming no version is an update of its own.
   Rates are shares of updates: ``succeeded / updates``, ``failed / updates``,
   ``rollbacks / updates``; ``None`` when there were no updates.
 - Windows and hourly buckets use ``received_at`` (the server's clock): a device's clock
@@ -43,7 +45,14 @@ from packaging.version import InvalidVersion, Version
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from fleetup._cohort import cohort_of
+from fleetup._protocol import (
+    FAILURE_EVENTS,
+    INTEGRITY_EVENTS,
+    OUTCOME_EVENTS,
+    ROLLBACK_EVENTS,
+    SUCCESS_EVENTS,
+    attempted_version,
+)
 from fleetup.server._models import Device, Event, Release, Rollout
 from fleetup.server._rollouts import Outcome, RolloutPlan, RolloutState, matches_group
 
@@ -86,11 +95,12 @@ __all__ = [
     "version_distribution",
 ]
 
-SUCCESS_TYPES = frozenset({"committed"})
-FAILURE_TYPES = frozenset({"health-failed", "verify-failed", "download-failed", "error"})
-ROLLBACK_TYPES = frozenset({"rolled-back", "rollback"})
-INTEGRITY_TYPES = frozenset({"verify-failed"})
-RATE_TYPES = SUCCESS_TYPES | FAILURE_TYPES | ROLLBACK_TYPES
+# The protocol's one classification, under the names the dashboard and alerts import.
+SUCCESS_TYPES = SUCCESS_EVENTS
+FAILURE_TYPES = FAILURE_EVENTS
+ROLLBACK_TYPES = ROLLBACK_EVENTS
+INTEGRITY_TYPES = INTEGRITY_EVENTS
+RATE_TYPES = OUTCOME_EVENTS
 NO_REASON = "(no reason given)"
 
 
@@ -113,6 +123,12 @@ class EventRow:
 
 def _attempt(event: EventRow) -> tuple[str, str]:
     return event.device_id, event.update_id or f"event:{event.event_id}"
+
+
+def _update(event: EventRow) -> tuple[str, str]:
+    """An update: the device and the version its event is about (see the docstring)."""
+    version = attempted_version(event.type, event.version, event.from_version)
+    return (event.device_id, f"version:{version}") if version else _attempt(event)
 
 
 # -- rates ------------------------------------------------------------------------------
@@ -144,17 +160,18 @@ class Rates:
 
 
 def update_rates(events: Iterable[EventRow]) -> Rates:
-    """Count updates, successes, failures and rollbacks, each attempt once."""
+    """Count updates, successes, failures and rollbacks, each update once (per device
+    and version, however many events it sent)."""
     succeeded: set[tuple[str, str]] = set()
     failed: set[tuple[str, str]] = set()
     rolled_back: set[tuple[str, str]] = set()
     for event in events:
         if event.type in SUCCESS_TYPES:
-            succeeded.add(_attempt(event))
+            succeeded.add(_update(event))
         elif event.type in FAILURE_TYPES:
-            failed.add(_attempt(event))
+            failed.add(_update(event))
         elif event.type in ROLLBACK_TYPES:
-            rolled_back.add(_attempt(event))
+            rolled_back.add(_update(event))
     failed -= succeeded
     return Rates(len(succeeded) + len(failed), len(succeeded), len(failed), len(rolled_back))
 
@@ -406,10 +423,11 @@ class StageRow:
 
 
 def rollout_stage_rows(plan: RolloutPlan, scope: Iterable[float],
-                       results: Mapping[str, Outcome]) -> list[StageRow]:
+                       results: Mapping[str, Outcome], offered_at: Mapping[str, int]
+                       ) -> list[StageRow]:
     """Per stage: devices in its cohort band (``scope``: cohorts of the devices the
     rollout can reach, as for :func:`~fleetup.server._rollouts.stage_stats`), and the
-    successes and failures of the devices in that band."""
+    successes and failures of the devices the stage offered the release to."""
     bands = list(zip((0.0, *plan.stages[:-1]), plan.stages, strict=True))
     devices = [0] * len(bands)
     succeeded = [0] * len(bands)
@@ -425,7 +443,7 @@ def rollout_stage_rows(plan: RolloutPlan, scope: Iterable[float],
         if (i := band(cohort)) is not None:
             devices[i] += 1
     for device_id, outcome in results.items():
-        if (i := band(cohort_of(device_id, plan.salt))) is not None:
+        if (i := offered_at.get(device_id)) is not None and 0 <= i < len(bands):
             if outcome == Outcome.FAILED:
                 failed[i] += 1
             else:

@@ -17,6 +17,7 @@ from sqlalchemy import Select, Table, and_, bindparam, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from fleetup._protocol import OUTCOME_EVENTS
 from fleetup.errors import ServerAPIError
 from fleetup.server._auth import Role, TokenKind, hash_token, new_token, reset_hash, same_hash
 from fleetup.server._models import (
@@ -30,11 +31,10 @@ from fleetup.server._models import (
     Release,
     RevokedToken,
     Rollout,
+    RolloutOffer,
     utcnow,
 )
 from fleetup.server._rollouts import (
-    FAILURE_EVENTS,
-    SUCCESS_EVENTS,
     Offer,
     RolloutPlan,
     RolloutState,
@@ -68,12 +68,14 @@ __all__ = [
     "load_offers",
     "next_rollout_id",
     "plan_of",
+    "record_offers",
     "record_releases",
     "release_lease",
     "release_platforms",
     "revoke_operator_token",
     "revoked_since",
     "rollout_devices",
+    "rollout_offered_stages",
     "rollout_outcome_events",
     "rollout_scope",
     "search_devices",
@@ -300,6 +302,25 @@ def flush_checkins(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> No
                                         for r in chosen])
 
 
+def record_offers(session: Session, *, offers: Sequence[Mapping[str, Any]]) -> None:
+    """Remember that rollouts offered their release to devices (``rollout_id``,
+    ``device_id``, ``stage_index``, ``from_version``, ``offered_at``); the first offer of
+    a rollout to a device is kept, a repeated one changes nothing."""
+    if not offers:
+        return
+    dialect = session.get_bind().dialect.name
+    module = postgresql if dialect == "postgresql" else sqlite
+    unique = {(o["rollout_id"], o["device_id"]): dict(o) for o in offers}
+    # A rollout or device deleted meanwhile has nothing left to offer.
+    known = set(session.scalars(select(Rollout.id).where(
+        Rollout.id.in_({k[0] for k in unique}))))
+    devices = set(session.scalars(select(Device.id).where(
+        Device.id.in_({k[1] for k in unique}))))
+    rows = [o for (r, d), o in unique.items() if r in known and d in devices]
+    if rows:
+        session.execute(module.insert(RolloutOffer).values(rows).on_conflict_do_nothing())
+
+
 def device_events(session: Session, *, device_id: str, limit: int, offset: int
                   ) -> tuple[list[Event], int]:
     query = (select(Event).where(Event.device_id == device_id)
@@ -447,23 +468,36 @@ def plan_of(row: Rollout) -> RolloutPlan:
 
 
 def rollout_outcome_events(session: Session, *, rollout_id: int) -> list[tuple[str, str]]:
-    """(device id, event type) of the reports that count towards a rollout's health."""
-    kinds = sorted(FAILURE_EVENTS | SUCCESS_EVENTS)
-    rows = session.execute(select(Event.device_id, Event.type)
-                           .where(Event.rollout_id == rollout_id, Event.type.in_(kinds))
-                           .order_by(Event.received_at))
+    """(device id, event type) of the reports that count towards a rollout's health:
+    only those of devices the rollout offered its release to (a device of another app,
+    or outside the stage, cannot vote)."""
+    rows = session.execute(
+        select(Event.device_id, Event.type)
+        .join(RolloutOffer, and_(RolloutOffer.rollout_id == Event.rollout_id,
+                                 RolloutOffer.device_id == Event.device_id))
+        .where(Event.rollout_id == rollout_id, Event.type.in_(sorted(OUTCOME_EVENTS)))
+        .order_by(Event.received_at))
     return [(r[0], r[1]) for r in rows]
+
+
+def rollout_offered_stages(session: Session, *, rollout_id: int) -> dict[str, int]:
+    """Per device the rollout offered its release to, the stage index it was offered at."""
+    return {r[0]: r[1] for r in session.execute(
+        select(RolloutOffer.device_id, RolloutOffer.stage_index)
+        .where(RolloutOffer.rollout_id == rollout_id))}
 
 
 def rollout_scope(session: Session, *, plan: RolloutPlan, platforms: Iterable[str]
                   ) -> list[str]:
-    """Ids of the registered devices a rollout can reach: its app, channel, group and
-    platforms. Only two columns are read: this runs on every rollout evaluation."""
+    """Cohort keys (the id where a device has none) of the registered devices a rollout
+    can reach: its app, channel, group and platforms. Few columns are read: this runs
+    on every rollout evaluation."""
+    key = func.coalesce(Device.cohort_key, Device.id)
     where = (Device.app == plan.app, Device.channel == plan.channel,
              Device.platform.in_(list(platforms)))
     if not plan.group:  # no tags to decode: the common case, and much cheaper
-        return list(session.scalars(select(Device.id).where(*where)))
-    return [row[0] for row in session.execute(select(Device.id, Device.tags).where(*where))
+        return list(session.scalars(select(key).where(*where)))
+    return [row[0] for row in session.execute(select(key, Device.tags).where(*where))
             if all((row[1] or {}).get(k) == v for k, v in plan.group.items())]
 
 
@@ -480,13 +514,14 @@ def load_offers(session: Session) -> dict[str, list[Offer]]:
     ones only the newest per app and channel matters.
     """
     rows = list(session.scalars(select(Rollout).where(
-        or_(Rollout.state.in_(["active", "paused", "completed"]),
-            and_(Rollout.state == "aborted", Rollout.rollback.is_(True))))
+        or_(Rollout.state.in_([RolloutState.ACTIVE, RolloutState.PAUSED,
+                               RolloutState.COMPLETED]),
+            and_(Rollout.state == RolloutState.ABORTED, Rollout.rollback.is_(True))))
         .order_by(Rollout.id.desc())))
     newest_completed: set[tuple[str, str]] = set()
     keep: list[Rollout] = []
     for row in rows:
-        if row.state == "completed":
+        if row.state == RolloutState.COMPLETED:
             if (row.app, row.channel) in newest_completed:
                 continue
             newest_completed.add((row.app, row.channel))
@@ -510,13 +545,11 @@ def _offer(session: Session, row: Rollout) -> Offer:
         .where(Event.type == "health-failed", Event.version == row.version,
                Device.app == row.app).distinct()))
     rollback_to: dict[str, str] = {}
-    if row.state == "aborted":
+    if row.state == RolloutState.ABORTED:
         for device_id, previous in session.execute(
-                select(Event.device_id, Event.from_version)
-                .where(Event.rollout_id == row.id, Event.type == "committed",
-                       Event.from_version.is_not(None))):
-            if previous is not None:
-                rollback_to[device_id] = previous
+                select(RolloutOffer.device_id, RolloutOffer.from_version)
+                .where(RolloutOffer.rollout_id == row.id)):
+            rollback_to[device_id] = previous or ""
     return Offer(plan_of(row), platforms, failed, rollback_to)
 
 

@@ -48,18 +48,21 @@ from fleetup.server import _crud
 from fleetup.server._auth import TokenKind, hash_token
 from fleetup.server._background import cancel_all, every, when_woken
 from fleetup.server._models import Device, utcnow
+from fleetup.server._operations import apply_rollout_event
 from fleetup.server._push import Pusher, PushState, push_changes, push_state
 from fleetup.server._rollouts import (
+    Action,
     Decision,
     DeviceView,
     Offer,
+    RolloutEvent,
     RolloutPlan,
     RolloutState,
-    VerdictKind,
     decide,
     outcomes,
     stage_stats,
     stage_verdict,
+    verdict_event,
 )
 from fleetup.server._schemas import CheckinRequest, CheckinResponse
 from fleetup.server._settings import Settings
@@ -98,6 +101,7 @@ class DeviceEntry:
     # instead of the reported one, and whether the next answer says "check again soon".
     channel_override: str | None = None
     check_soon: bool = False
+    cohort_key: str | None = None
 
     @classmethod
     def of(cls, row: Device) -> DeviceEntry:
@@ -107,7 +111,8 @@ class DeviceEntry:
                    (row.app, row.platform, row.channel, tags),
                    channel_override=row.channel_override,
                    check_soon=asked is not None and (row.last_seen is None
-                                                     or asked > row.last_seen))
+                                                     or asked > row.last_seen),
+                   cohort_key=row.cohort_key)
 
 
 class Fleet:
@@ -123,6 +128,8 @@ class Fleet:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.offers: dict[str, list[Offer]] = {}
         self.pending: dict[str, dict[str, Any]] = {}
+        # Install answers given since the last flush, per (rollout id, device id).
+        self.pending_offers: dict[tuple[int, str], dict[str, Any]] = {}
         self.inflight = 0
         self._tokens: dict[str, DeviceEntry] = {}
         self._token_of: dict[str, str] = {}
@@ -206,8 +213,11 @@ class Fleet:
         view = DeviceView(device.id, request.app, request.platform,
                           device.channel_override or request.channel,
                           request.version, request.tags, frozenset(request.failed),
-                          device.previous_version)
-        answer = self._response(decide(view, self.offers.get(request.app, ())))
+                          device.previous_version, device.cohort_key)
+        decision = decide(view, self.offers.get(request.app, ()))
+        if decision.action is Action.INSTALL and decision.rollout_id is not None:
+            self._offered(decision.rollout_id, device, request.app)
+        answer = self._response(decision)
         if device.check_soon:  # asked for by an operator: once, then the usual interval
             device.check_soon = False
             answer.next_check_seconds = min(answer.next_check_seconds, CHECK_SOON_SECONDS)
@@ -219,6 +229,18 @@ class Fleet:
         entry = self._tokens.pop(token_hash, None)
         if entry is not None and self._token_of.get(entry.id) == token_hash:
             del self._token_of[entry.id]
+
+    def _offered(self, rollout_id: int, device: DeviceEntry, app: str) -> None:
+        """Buffer the offer: only offered devices count towards the rollout's health and
+        are sent back by an abort with rollback."""
+        key = (rollout_id, device.id)
+        if key in self.pending_offers:
+            return
+        stage = next((o.rollout.stage_index for o in self.offers.get(app, ())
+                      if o.rollout.id == rollout_id), 0)
+        self.pending_offers[key] = {
+            "rollout_id": rollout_id, "device_id": device.id, "stage_index": stage,
+            "from_version": device.version, "offered_at": self.clock()}
 
     def _queue(self, device: DeviceEntry, request: CheckinRequest, changed: bool,
                now: float) -> None:
@@ -300,20 +322,26 @@ class Fleet:
             await self.pusher.stop()
 
     async def flush(self) -> None:
-        """Write the buffered check-in reports in one batch (kept for later on error)."""
-        if not self.pending:
+        """Write the buffered check-in reports and offers in one batch (kept for later
+        on error)."""
+        if not self.pending and not self.pending_offers:
             return
         rows, self.pending = list(self.pending.values()), {}
+        offers, self.pending_offers = self.pending_offers, {}
         try:
-            await asyncio.to_thread(self._write_checkins, rows)
+            await asyncio.to_thread(self._write_checkins, rows, list(offers.values()))
         except BaseException:
             for row in rows:
                 self.pending.setdefault(row["id"], row)
+            for key, offer in offers.items():
+                self.pending_offers.setdefault(key, offer)
             raise
 
-    def _write_checkins(self, rows: list[dict[str, Any]]) -> None:
+    def _write_checkins(self, rows: list[dict[str, Any]],
+                        offers: list[dict[str, Any]] | None = None) -> None:
         with self.sessions() as session:
             _crud.flush_checkins(session, rows=rows)
+            _crud.record_offers(session, offers=offers or [])
             session.commit()
 
     async def refresh(self) -> None:
@@ -360,25 +388,20 @@ class Fleet:
                 plan, seen_revision = _crud.plan_of(row), row.revision
                 scope = self._scope_cohorts(session, plan)
                 results = outcomes(_crud.rollout_outcome_events(session, rollout_id=plan.id))
-                verdict = stage_verdict(plan, stage_stats(plan, scope, results), now)
-                values: dict[str, Any]
-                if verdict.kind == VerdictKind.ADVANCE:
-                    values = {"stage_index": plan.stage_index + 1, "stage_started_at": now}
-                elif verdict.kind == VerdictKind.COMPLETE:
-                    values = {"state": RolloutState.COMPLETED.value}
-                elif verdict.kind == VerdictKind.PAUSE:
-                    values = {"state": RolloutState.PAUSED.value}
-                else:
-                    session.rollback()
-                    continue
+                offered = _crud.rollout_offered_stages(session, rollout_id=plan.id)
+                verdict = stage_verdict(plan, stage_stats(plan, scope, results, offered), now)
+                event = verdict_event(verdict)
                 # End the read transaction before the write. The change applies only if
                 # the rollout is still at the revision this verdict was made from.
                 session.rollback()
-                changed |= _crud.update_rollout(
-                    session, rollout_id=plan.id, seen_revision=seen_revision,
-                    from_states=[RolloutState.ACTIVE], actor="system",
-                    action=f"rollout.{verdict.kind.value}", state_reason=verdict.reason,
-                    **values)
+                if event is None:
+                    continue
+                values: dict[str, Any] = {}
+                if event is RolloutEvent.ADVANCE:
+                    values = {"stage_index": plan.stage_index + 1, "stage_started_at": now}
+                changed |= apply_rollout_event(
+                    session, rollout_id=plan.id, seen_revision=seen_revision, event=event,
+                    actor="system", reason=verdict.reason, **values)
         return changed
 
     def _take_lead(self) -> bool:
@@ -394,8 +417,8 @@ class Fleet:
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
         platforms = _crud.release_platforms(session, app=plan.app, version=plan.version)
-        cohorts = [cohort_of(d, plan.salt)
-                   for d in _crud.rollout_scope(session, plan=plan, platforms=platforms)]
+        cohorts = [cohort_of(key, plan.salt)
+                   for key in _crud.rollout_scope(session, plan=plan, platforms=platforms)]
         self._scopes[plan.id] = (time.monotonic() + _SCOPE_SECONDS, cohorts)
         return cohorts
 

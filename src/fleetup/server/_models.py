@@ -7,6 +7,7 @@ persistence model only: the API speaks the pydantic schemas of ``_schemas.py``.
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -43,12 +44,17 @@ __all__ = [
     "Release",
     "RevokedToken",
     "Rollout",
+    "RolloutOffer",
     "utcnow",
 ]
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def new_cohort_key() -> str:
+    return secrets.token_hex(16)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -139,6 +145,9 @@ class Device(Base):
     channel_override: Mapped[str | None] = mapped_column(String(100), default=None)
     check_requested_at: Mapped[datetime | None] = mapped_column(default=None)
     removed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Made by the server at the first enrolment and kept: cohorts hash this, not the
+    # id the device chose (a chosen id could pick its own cohort).
+    cohort_key: Mapped[str | None] = mapped_column(String(64), default=new_cohort_key)
 
 
 class RevokedToken(Base):
@@ -237,6 +246,23 @@ class Rollout(Base):
     created_by: Mapped[str] = mapped_column(String(100), default="")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     revision: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class RolloutOffer(Base):
+    """A rollout told this device to install its release (at ``stage_index``, while it
+    ran ``from_version``). Only offered devices count towards the rollout's health, and
+    only they are sent back by an abort with rollback."""
+
+    __tablename__ = "rollout_offers"
+
+    rollout_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True,
+        index=True)
+    stage_index: Mapped[int] = mapped_column(Integer)
+    from_version: Mapped[str | None] = mapped_column(String(100), default=None)
+    offered_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class AuditEntry(Base):

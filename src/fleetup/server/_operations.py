@@ -27,6 +27,7 @@ from fleetup.server._rollouts import (
     DeviceView,
     Offer,
     Outcome,
+    RolloutEvent,
     RolloutPlan,
     RolloutState,
     StageReach,
@@ -35,15 +36,18 @@ from fleetup.server._rollouts import (
     check_stages,
     eligibility,
     outcomes,
+    sources_of,
     stage_reach,
     stage_stats,
     stage_verdict,
+    transition,
 )
 from fleetup.server._schemas import RolloutAbort, RolloutCreate
 from fleetup.server._store import PushOutcome, ReleaseStore
 
-__all__ = ["DryRun", "RolloutReport", "change_rollout", "dry_run_rollout", "explain_rollout",
-           "push_release", "report_rollout", "start_rollout", "sync_releases"]
+__all__ = ["DryRun", "RolloutReport", "apply_rollout_event", "change_rollout",
+           "dry_run_rollout", "explain_rollout", "push_release", "report_rollout",
+           "start_rollout", "sync_releases"]
 
 
 # -- releases -------------------------------------------------------------------------
@@ -210,18 +214,35 @@ def dry_run_rollout(session: Session, *, spec: RolloutCreate) -> DryRun:
         group=dict(spec.group))
     failed = _crud.devices_that_failed(session, app=spec.app, version=spec.version)
     devices = [DeviceView(d.id, d.app, d.platform, d.channel, d.version, d.tags or {},
-                          frozenset(), d.previous_version)
+                          frozenset(), d.previous_version, d.cohort_key)
                for d in _crud.rollout_devices(session, plan=plan)]
     matching, in_scope, stages = stage_reach(Offer(plan, platforms, failed), devices)
     return DryRun(plan.id, matching, in_scope, stages)
 
 
-_ALLOWED = {
-    "pause": [RolloutState.ACTIVE],
-    "resume": [RolloutState.PAUSED],
-    "advance": [RolloutState.ACTIVE],
-    "abort": [RolloutState.ACTIVE, RolloutState.PAUSED],
-}
+_AUDIT = {RolloutEvent.HALT: "pause"}
+
+
+def apply_rollout_event(session: Session, *, rollout_id: int, seen_revision: int,
+                        event: RolloutEvent, actor: str, reason: str,
+                        audit: str | None = None, **values: Any) -> bool:
+    """Apply ``event`` to a rollout as :data:`_rollouts.TRANSITIONS` says: the one
+    place a rollout's state is written (operators' actions and the evaluator's verdicts
+    alike). Applied only if the rollout is still at ``seen_revision`` and in a state
+    the event leaves from; commits with its audit entry (``audit``: its action, by
+    default ``rollout.<event>``, a halt audited as the pause it is). Returns whether it
+    applied."""
+    states = sources_of(event)
+    target = transition(states[0], event) if states else None
+    if target is None:
+        return False
+    if target is not states[0]:
+        values["state"] = target.value
+    return _crud.update_rollout(session, rollout_id=rollout_id, seen_revision=seen_revision,
+                                from_states=states, actor=actor,
+                                action=audit or f"rollout.{_AUDIT.get(event, event)}",
+                                state_reason=reason,
+                                **values)
 
 
 def change_rollout(session: Session, *, rollout_id: int, action: str, actor: str,
@@ -236,29 +257,19 @@ def change_rollout(session: Session, *, rollout_id: int, action: str, actor: str
         ServerAPIError: 404 no such rollout; 409 not in a state that allows it.
     """
     row = _crud.get_or_404(session, Rollout, rollout_id, what="rollout")
-    if RolloutState(row.state) not in _ALLOWED[action]:
+    plan = _crud.plan_of(row)
+    event = RolloutEvent(action)
+    if event is RolloutEvent.ADVANCE and plan.is_last_stage:
+        event = RolloutEvent.COMPLETE
+    if transition(plan.state, event) is None:
         raise ServerAPIError(f"rollout {rollout_id} is {row.state}: cannot {action} it",
                              "invalid_state", 409)
-    values: dict[str, Any]
-    if action == "pause":
-        values = {"state": "paused", "state_reason": f"paused by {actor}"}
-    elif action == "resume":
-        report = report_rollout(session, row)
-        values = {"state": "active", "state_reason": f"resumed by {actor}",
-                  "stage_started_at": utcnow(), "base_reports": report.stats.total_reports,
-                  "base_failures": report.stats.total_failures}
-    elif action == "advance":
-        values = _advance(_crud.plan_of(row), actor)
-    else:
-        abort = abort or RolloutAbort()
-        values = {"state": "aborted", "rollback": abort.rollback,
-                  "state_reason": abort.reason or (
-                      f"aborted by {actor}" + (" with rollback" if abort.rollback else ""))}
+    reason, values = _operator_change(session, row, plan, event, actor, abort)
     revision = row.revision
     session.rollback()
-    if not _crud.update_rollout(session, rollout_id=rollout_id, seen_revision=revision,
-                                from_states=_ALLOWED[action], actor=actor,
-                                action=f"rollout.{action}", **values):
+    if not apply_rollout_event(session, rollout_id=rollout_id, seen_revision=revision,
+                               event=event, actor=actor, reason=reason,
+                               audit=f"rollout.{action}", **values):
         raise ServerAPIError(f"rollout {rollout_id} changed meanwhile: look and try again",
                              "conflict", 409)
     fresh = session.get(Rollout, rollout_id)
@@ -266,12 +277,24 @@ def change_rollout(session: Session, *, rollout_id: int, action: str, actor: str
     return fresh
 
 
-def _advance(plan: RolloutPlan, actor: str) -> dict[str, Any]:
-    if plan.is_last_stage:
-        return {"state": "completed", "state_reason": f"completed by {actor}"}
-    following = plan.stages[plan.stage_index + 1]
-    return {"stage_index": plan.stage_index + 1, "stage_started_at": utcnow(),
-            "state_reason": f"advanced to {following:g}% by {actor}"}
+def _operator_change(session: Session, row: Rollout, plan: RolloutPlan, event: RolloutEvent,
+                     actor: str, abort: RolloutAbort | None) -> tuple[str, dict[str, Any]]:
+    """The audit reason and the columns an operator's ``event`` sets beside the state."""
+    if event is RolloutEvent.RESUME:
+        report = report_rollout(session, row)
+        return f"resumed by {actor}", {
+            "stage_started_at": utcnow(), "base_reports": report.stats.total_reports,
+            "base_failures": report.stats.total_failures}
+    if event is RolloutEvent.ADVANCE:
+        following = plan.stages[plan.stage_index + 1]
+        return f"advanced to {following:g}% by {actor}", {
+            "stage_index": plan.stage_index + 1, "stage_started_at": utcnow()}
+    if event is RolloutEvent.ABORT:
+        abort = abort or RolloutAbort()
+        return abort.reason or (f"aborted by {actor}" + (
+            " with rollback" if abort.rollback else "")), {"rollback": abort.rollback}
+    return {RolloutEvent.PAUSE: f"paused by {actor}",
+            RolloutEvent.COMPLETE: f"completed by {actor}"}[event], {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +304,7 @@ class RolloutReport:
     results: dict[str, Outcome]
     stats: StageStats
     verdict: Verdict
+    offered_at: dict[str, int]
 
 
 def report_rollout(session: Session, row: Rollout) -> RolloutReport:
@@ -289,8 +313,10 @@ def report_rollout(session: Session, row: Rollout) -> RolloutReport:
     platforms = frozenset(_crud.release_platforms(session, app=plan.app, version=plan.version))
     scope = _crud.rollout_scope(session, plan=plan, platforms=platforms)
     results = outcomes(_crud.rollout_outcome_events(session, rollout_id=plan.id))
-    stats = stage_stats(plan, [cohort_of(d, plan.salt) for d in scope], results)
-    return RolloutReport(plan, platforms, results, stats, stage_verdict(plan, stats, utcnow()))
+    offered_at = _crud.rollout_offered_stages(session, rollout_id=plan.id)
+    stats = stage_stats(plan, [cohort_of(k, plan.salt) for k in scope], results, offered_at)
+    return RolloutReport(plan, platforms, results, stats, stage_verdict(plan, stats, utcnow()),
+                         offered_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +342,7 @@ def explain_rollout(session: Session, row: Rollout, *, limit: int, offset: int
     for device in devices[offset:offset + limit]:
         view = DeviceView(device.id, device.app, device.platform, device.channel,
                           device.version, device.tags or {}, frozenset(),
-                          device.previous_version)
+                          device.previous_version, device.cohort_key)
         seen = eligibility(view, offer)
         outcome = report.results.get(device.id)
         reason = seen.reason

@@ -6,18 +6,29 @@ Three questions are answered here, and only here:
   whose cohort it is in, install what the last completed rollout of its channel left
   as the target, roll back to the version it had (an aborted rollout with rollback), or
   nothing. :func:`eligibility` explains the answer for one rollout, for operators.
-- **How is a rollout doing?** (:func:`outcomes`, :func:`stage_stats`) — per device, one
-  outcome: failed if it reported ``health-failed``, ``rolled-back`` or ``error`` for the
-  rollout, succeeded if it reported ``committed``.
+- **How is a rollout doing?** (:func:`outcomes`, :func:`stage_stats`) — per device the
+  rollout offered its release to, one outcome (:func:`fleetup._protocol.settle` over its
+  reports): succeeded if it committed, failed if it reported a failure. Reports of
+  devices it never offered the release to do not count, whoever sends them.
 - **What next?** (:func:`stage_verdict`) — advance, complete, pause or wait.
 
-State machine (``RolloutState`` values are the persisted strings)::
+State machine (``RolloutState`` values are the persisted strings; :data:`TRANSITIONS`
+is the table, :func:`transition` the one place that reads it; operators' actions and the
+evaluator's verdicts are both :class:`RolloutEvent`)::
 
-    active ──advance (healthy soak)──▶ active (next stage) ──last stage──▶ completed
-      │  ▲                                                             (stays the channel's
-      │  └──resume (operator)──┐                                        target for joiners)
-      ├──pause (operator, or failure rate > max with enough reports)──▶ paused
+    active ──advance (healthy soak, or operator)──▶ active (next stage)
+      │  ▲   ──complete (last stage healthy, or operator advance)──▶ completed
+      │  └──resume (operator)──┐                      (stays the channel's target)
+      ├──pause (operator) / halt (failure rate > max with enough reports)──▶ paused
       └──abort [--rollback] (operator, from active or paused)─────────▶ aborted
+
+Rollback orders. An abort with rollback sends back only the devices the rollout
+offered its release to and that run it (``Offer.rollback_to``: the version each ran
+when offered). The order ends when the device runs another version, and never
+outlives the rollout: a newer rollout of the same version whose group holds the device
+supersedes it, and the newest word on a version wins — a device sent back from a
+version is not offered it again by an older rollout (no install/rollback loop). An
+abort is not a health failure: a later rollout of that version offers it again.
 
 Stage gate. Stage ``i`` covers cohorts ``[stages[i-1], stages[i])`` percent. It is
 healthy when its soak time has passed since it began and the devices it added sent at
@@ -40,17 +51,20 @@ from packaging.version import InvalidVersion, Version
 
 from fleetup._cohort import cohort_of
 from fleetup._facts import release_target_path
+from fleetup._protocol import FAILURE_EVENTS, SUCCESS_EVENTS, CheckinAction, OutcomeKind, settle
 from fleetup.errors import UsageError
 
 __all__ = [
     "FAILURE_EVENTS",
     "SUCCESS_EVENTS",
+    "TRANSITIONS",
     "Action",
     "Decision",
     "DeviceView",
     "Eligibility",
     "Offer",
     "Outcome",
+    "RolloutEvent",
     "RolloutPlan",
     "RolloutState",
     "StageReach",
@@ -62,13 +76,15 @@ __all__ = [
     "matches_group",
     "outcomes",
     "parse_stages",
+    "sources_of",
     "stage_reach",
     "stage_stats",
     "stage_verdict",
+    "transition",
+    "verdict_event",
 ]
 
-FAILURE_EVENTS = frozenset({"health-failed", "rolled-back", "error"})
-SUCCESS_EVENTS = frozenset({"committed"})
+Action = CheckinAction
 
 
 class RolloutState(enum.StrEnum):
@@ -78,10 +94,37 @@ class RolloutState(enum.StrEnum):
     ABORTED = "aborted"
 
 
-class Action(enum.StrEnum):
-    NONE = "none"
-    INSTALL = "install"
-    ROLLBACK = "rollback"
+class RolloutEvent(enum.StrEnum):
+    """What changes a rollout's state: an operator's action or the evaluator's verdict."""
+
+    ADVANCE = "advance"    # next stage (operator, or a healthy stage)
+    COMPLETE = "complete"  # the last stage is done (operator advance, or healthy)
+    PAUSE = "pause"        # operator
+    HALT = "halt"          # the failure rate crossed the maximum
+    RESUME = "resume"      # operator
+    ABORT = "abort"        # operator, with or without rollback
+
+
+_S, _E = RolloutState, RolloutEvent
+TRANSITIONS: Mapping[tuple[RolloutState, RolloutEvent], RolloutState] = {
+    (_S.ACTIVE, _E.ADVANCE): _S.ACTIVE,
+    (_S.ACTIVE, _E.COMPLETE): _S.COMPLETED,
+    (_S.ACTIVE, _E.PAUSE): _S.PAUSED,
+    (_S.ACTIVE, _E.HALT): _S.PAUSED,
+    (_S.ACTIVE, _E.ABORT): _S.ABORTED,
+    (_S.PAUSED, _E.RESUME): _S.ACTIVE,
+    (_S.PAUSED, _E.ABORT): _S.ABORTED,
+}
+
+
+def transition(state: RolloutState, event: RolloutEvent) -> RolloutState | None:
+    """The state ``event`` leads to from ``state``; ``None`` if the table forbids it."""
+    return TRANSITIONS.get((state, event))
+
+
+def sources_of(event: RolloutEvent) -> list[RolloutState]:
+    """The states from which ``event`` is allowed (for ``UPDATE ... WHERE state IN``)."""
+    return [state for state, e in TRANSITIONS if e is event]
 
 
 class Outcome(enum.StrEnum):
@@ -190,6 +233,12 @@ class DeviceView:
     tags: Mapping[str, str] = field(default_factory=dict)
     failed: frozenset[str] = frozenset()
     previous_version: str | None = None
+    # The server-made key cohorts hash (``Device.cohort_key``); the id if there is none.
+    cohort_key: str | None = None
+
+    @property
+    def cohort_source(self) -> str:
+        return self.cohort_key or self.id
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +246,9 @@ class Offer:
     """A rollout with what the server knows around it.
 
     ``platforms``: where its release exists and is not yanked. ``failed_devices``:
-    devices that reported a health failure of its version. ``rollback_to``: for
-    devices that committed it, the version they had before.
+    devices that reported a health failure of its version. ``rollback_to``: the devices
+    it offered its release to, each with the version it ran then (where an abort with
+    rollback sends it back).
     """
 
     rollout: RolloutPlan
@@ -243,7 +293,7 @@ def eligibility(device: DeviceView, offer: Offer) -> Eligibility:
     rollout is "targeted" (it will get the release once the rollout resumes).
     """
     r = offer.rollout
-    cohort = cohort_of(device.id, r.salt)
+    cohort = cohort_of(device.cohort_source, r.salt)
     if device.app != r.app:
         return Eligibility(False, f"app {device.app} is not the rollout's app {r.app}", cohort)
     if device.channel != r.channel:
@@ -267,37 +317,53 @@ def eligibility(device: DeviceView, offer: Offer) -> Eligibility:
 
 
 def _rollback(device: DeviceView, offer: Offer) -> Decision | None:
+    """The rollback order of an aborted rollout for ``device``, if it took the release."""
     r = offer.rollout
-    if device.version != r.version:
-        return None
     target = offer.rollback_to.get(device.id)
-    if target is None and cohort_of(device.id, r.salt) < r.percent:
-        target = device.previous_version
-    if target is None or target == device.version:
+    if device.version != r.version or not target or target == device.version:
         return None
     return Decision(Action.ROLLBACK, f"rollout {r.id} was aborted with rollback",
                     target, release_target_path(r.app, device.platform, target), r.id)
 
 
+def _in_scope(device: DeviceView, r: RolloutPlan) -> bool:
+    return (device.app == r.app and device.channel == r.channel
+            and matches_group(device.tags, r.group))
+
+
 def decide(device: DeviceView, offers: Sequence[Offer]) -> Decision:
     """What ``device`` should do, given every rollout of its app (any order).
 
-    The newest rollout of the device's channel that reaches it wins; a device outside
-    the current stage (or under a paused rollout) gets what an older completed rollout
-    made the channel's target. An aborted rollout with rollback sends the devices that
-    took its release back to the version they had before.
+    Newest first, the first rollout of the device's channel with something to say wins;
+    a device outside the current stage (or under a paused rollout) gets what an older
+    completed rollout made the channel's target. The newest word on a version wins: a
+    rollout in whose scope the device is re-affirms its version (an older abort's
+    rollback order no longer applies), and a device an aborted rollout sent back from
+    a version is not offered that version by an older rollout.
     """
     mine = sorted((o for o in offers if o.rollout.app == device.app
                    and o.rollout.channel == device.channel),
                   key=lambda o: o.rollout.id, reverse=True)
+    affirmed: set[str] = set()
+    withdrawn: dict[str, int] = {}
     first_reason = ""
     for offer in mine:
         r = offer.rollout
         if r.state == RolloutState.ABORTED:
+            if r.version in affirmed or device.id not in offer.rollback_to:
+                continue
             if r.rollback and (decision := _rollback(device, offer)):
                 return decision
-            first_reason = first_reason or f"rollout {r.id} was aborted"
+            withdrawn.setdefault(r.version, r.id)
+            first_reason = first_reason or (f"rollout {r.id} was aborted: {r.version} "
+                                            "withdrawn from this device")
             continue
+        if r.version in withdrawn:
+            first_reason = first_reason or (f"{r.version} was withdrawn from this device by "
+                                            f"rollout {withdrawn[r.version]}")
+            continue
+        if _in_scope(device, r):
+            affirmed.add(r.version)
         seen = eligibility(device, offer)
         if seen.targeted and r.state == RolloutState.PAUSED:
             first_reason = first_reason or f"rollout {r.id} is paused"
@@ -314,13 +380,23 @@ def decide(device: DeviceView, offers: Sequence[Offer]) -> Decision:
 
 
 def outcomes(events: Iterable[tuple[str, str]]) -> dict[str, Outcome]:
-    """Per device, from its ``(device_id, event type)`` reports on one rollout."""
-    result: dict[str, Outcome] = {}
+    """Per device, from its ``(device_id, event type)`` reports on one rollout (only
+    devices the rollout offered its release to: the caller's query sees to that).
+
+    One outcome per device however many reports it sends (:func:`settle`): a device
+    that committed succeeded, one that only failed failed, one that only rolled back
+    (an operator's order) is no report at all.
+    """
+    kinds: dict[str, list[str]] = {}
     for device_id, kind in events:
-        if kind in FAILURE_EVENTS:
+        kinds.setdefault(device_id, []).append(kind)
+    result: dict[str, Outcome] = {}
+    for device_id, reported in kinds.items():
+        settled = settle(reported)
+        if settled is OutcomeKind.SUCCESS:
+            result[device_id] = Outcome.SUCCEEDED
+        elif settled is OutcomeKind.FAILURE:
             result[device_id] = Outcome.FAILED
-        elif kind in SUCCESS_EVENTS:
-            result.setdefault(device_id, Outcome.SUCCEEDED)
     return result
 
 
@@ -336,13 +412,16 @@ class StageStats:
 
 
 def stage_stats(plan: RolloutPlan, scope: Iterable[float],
-                results: Mapping[str, Outcome]) -> StageStats:
+                results: Mapping[str, Outcome], offered_at: Mapping[str, int]
+                ) -> StageStats:
     """Count devices and reports for ``plan``'s current stage.
 
-    ``scope``: the cohorts (``cohort_of(id, plan.salt)``) of the registered devices the
-    rollout can reach (its app, channel, group and platforms) — cohorts rather than
-    ids, so a caller can compute them once per rollout; ``results``: per-device
-    outcomes on this rollout.
+    ``scope``: the cohorts (``cohort_of(cohort key, plan.salt)``) of the registered
+    devices the rollout can reach (its app, channel, group and platforms) — cohorts
+    rather than ids, so a caller can compute them once per rollout; ``results``:
+    per-device outcomes on this rollout; ``offered_at``: the stage index at which the
+    rollout offered its release to each device — a stage's evidence is the reports of
+    the devices it offered the release to.
     """
     low, high = plan.previous_percent, plan.percent
     targeted = sum(1 for cohort in scope if low <= cohort < high)
@@ -351,7 +430,7 @@ def stage_stats(plan: RolloutPlan, scope: Iterable[float],
         failed = outcome == Outcome.FAILED
         total_reports += 1
         total_failures += failed
-        if low <= cohort_of(device_id, plan.salt) < high:
+        if offered_at.get(device_id) == plan.stage_index:
             stage_reports += 1
             stage_failures += failed
     return StageStats(targeted, stage_reports, stage_failures, total_reports, total_failures)
@@ -361,6 +440,12 @@ def stage_stats(plan: RolloutPlan, scope: Iterable[float],
 class Verdict:
     kind: VerdictKind
     reason: str
+
+
+def verdict_event(verdict: Verdict) -> RolloutEvent | None:
+    """The lifecycle event a verdict is (``None``: wait)."""
+    return {VerdictKind.ADVANCE: RolloutEvent.ADVANCE, VerdictKind.COMPLETE:
+            RolloutEvent.COMPLETE, VerdictKind.PAUSE: RolloutEvent.HALT}.get(verdict.kind)
 
 
 def stage_verdict(plan: RolloutPlan, stats: StageStats, now: datetime) -> Verdict:

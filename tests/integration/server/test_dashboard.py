@@ -42,9 +42,12 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, in
         beta = [fleet.device(version="1.0", channel="beta") for _ in range(3)]
         ids = [_start(fleet, channel, stages) for channel, stages in
                (("stable", [100]), ("beta", [50, 100]))]
+        wait_for(lambda: stable[0].checkin()["action"] == "install", what="the offers")
         for number, device in enumerate(stable[:5]):
-            device.install({"action": "install", "version": "1.1", "rollout_id": ids[0]},
-                           healthy=number != 4)
+            # Offered first: only offered devices count towards the rollout's health.
+            answer = device.checkin()
+            assert answer["action"] == "install"
+            device.install(answer, healthy=number != 4)
         for device in stable + beta:
             device.checkin()
         wait_for(lambda: _api(fleet, "GET", "/analytics/versions")["count"] == 11,

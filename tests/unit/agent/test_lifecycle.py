@@ -193,7 +193,7 @@ def test_journal_json_round_trip() -> None:
                       installed="1.0", target="1.1", restore="1.0",
                       release={"fleetup": {"kind": "release", "version": "1.1"}},
                       artifact="delta:1.0", artifact_path="/x/y.fdelta", reason="minor update",
-                      blame=True, on_purpose=True, rollout_id="r-7",
+                      blame=True, on_purpose=True, rollout_id=7,
                       started_at="2024-01-01T00:00:00+00:00", updated_at="later", resumed=2)
     data = journal.to_json()
     body = json.loads(data)
@@ -201,6 +201,12 @@ def test_journal_json_round_trip() -> None:
     assert body["kind"] == "update"
     assert body["format"] == 1
     assert Journal.from_json(data) == journal
+
+
+def test_an_older_journal_with_a_text_rollout_id_reads_as_the_integer_id() -> None:
+    body = json.loads(Journal(state=S.STAGED, target="1.1").to_json())
+    body["rollout_id"] = "7"
+    assert Journal.from_json(json.dumps(body).encode()).rollout_id == 7
 
 
 def test_journal_advance_moves_by_the_table_and_applies_changes() -> None:

@@ -42,17 +42,19 @@ def ev(device: str, kind: str, update: str | None = None, *, at: float = 0.0,
 # -- rates ------------------------------------------------------------------------------
 
 
-def test_rates_count_each_attempt_once() -> None:
+def test_rates_count_each_update_once() -> None:
     events = [
-        # d1: a full update that committed (several events, one attempt).
+        # d1: a full update that committed (several events, one update).
         ev("d1", "download-started", "u1"), ev("d1", "switched", "u1"),
         ev("d1", "committed", "u1"),
-        # d2: a failed health check and the automatic rollback: one failure, one rollback.
+        # d2: a failed health check and the automatic rollback: one failure, one rollback
+        # (a rollback event is about the version it left: its from_version).
         ev("d2", "health-failed", "u2"), ev("d2", "rolled-back", "u2"),
-        # d3: two download failures in two attempts, then success in a third.
+        # d3: two download failures in two attempts, then success in a third: one
+        # update of 1.1, and it succeeded.
         ev("d3", "download-failed", "u3"), ev("d3", "download-failed", "u4"),
         ev("d3", "committed", "u5"),
-        # d4: no update id: each event is an attempt of its own.
+        # d4: the same failure reported twice, without an update id: one update of 1.1.
         ev("d4", "verify-failed"), ev("d4", "verify-failed"),
         # d5: an operator-ordered rollback, as the agent reports it.
         ev("d5", "rollback", "u6"), ev("d5", "rolled-back", "u6"),
@@ -60,11 +62,18 @@ def test_rates_count_each_attempt_once() -> None:
         ev("d6", "check"), ev("d6", "download-started", "u7"),
     ]
     rates = update_rates(events)
-    # Succeeded: u1, u5. Failed: u2, u3, u4, d4 x2. Rolled back: u2, u6.
-    assert (rates.updates, rates.succeeded, rates.failed, rates.rolled_back) == (7, 2, 5, 2)
-    assert rates.success_rate == pytest.approx(2 / 7)
-    assert rates.failure_rate == pytest.approx(5 / 7)
-    assert rates.rollback_rate == pytest.approx(2 / 7)
+    # Succeeded: d1, d3. Failed: d2, d4. Rolled back: d2, d5.
+    assert (rates.updates, rates.succeeded, rates.failed, rates.rolled_back) == (4, 2, 2, 2)
+    assert rates.success_rate == pytest.approx(2 / 4)
+    assert rates.failure_rate == pytest.approx(2 / 4)
+    assert rates.rollback_rate == pytest.approx(2 / 4)
+
+
+def test_one_device_repeating_failures_is_one_failed_update() -> None:
+    """issue 12 §3: a device posting 100 failed updates must not move the fleet's rate."""
+    events = [ev("good", "committed", "u0"), ev("bad", "health-failed", "u1")]
+    events += [ev("bad", "health-failed", f"x{i}") for i in range(100)]
+    assert update_rates(events).failure_rate == 0.5
 
 
 def test_an_attempt_that_failed_then_committed_counts_as_a_success() -> None:
@@ -241,8 +250,11 @@ def test_stage_rows_count_devices_and_outcomes_per_cohort_band() -> None:
     band = {i: [d for d in ids if low <= cohort_of(d, "7") < high]
             for i, (low, high) in enumerate([(0, 10), (10, 50), (50, 100)])}
     results = {band[0][0]: Outcome.SUCCEEDED, band[0][1]: Outcome.FAILED,
-               band[1][0]: Outcome.SUCCEEDED, band[1][1]: Outcome.SUCCEEDED}
-    rows = rollout_stage_rows(p, [cohort_of(d, "7") for d in ids], results)
+               band[1][0]: Outcome.SUCCEEDED, band[1][1]: Outcome.SUCCEEDED,
+               "never-offered": Outcome.FAILED}
+    # Outcomes count in the stage that offered the release to the device.
+    offered_at = {d: i for i in (0, 1) for d in band[i][:2]}
+    rows = rollout_stage_rows(p, [cohort_of(d, "7") for d in ids], results, offered_at)
     assert [(r.percent, r.state, r.devices, r.succeeded, r.failed) for r in rows] == [
         (10.0, "done", len(band[0]), 1, 1), (50.0, "current", len(band[1]), 2, 0),
         (100.0, "pending", len(band[2]), 0, 0)]
@@ -257,5 +269,5 @@ def test_stage_rows_count_devices_and_outcomes_per_cohort_band() -> None:
 ])
 def test_stage_states_follow_the_rollout(state: RolloutState, index: int,
                                          expected: list[str]) -> None:
-    rows = rollout_stage_rows(plan(state=state, stage_index=index), [], {})
+    rows = rollout_stage_rows(plan(state=state, stage_index=index), [], {}, {})
     assert [r.state for r in rows] == expected

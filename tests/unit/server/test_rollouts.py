@@ -10,20 +10,26 @@ from fleetup._cohort import cohort_of
 from fleetup._groups import parse_group
 from fleetup.errors import UsageError
 from fleetup.server._rollouts import (
+    TRANSITIONS,
     Action,
     DeviceView,
     Offer,
     Outcome,
+    RolloutEvent,
     RolloutPlan,
     RolloutState,
     StageStats,
+    Verdict,
     VerdictKind,
     decide,
     eligibility,
     outcomes,
     parse_stages,
+    sources_of,
     stage_stats,
     stage_verdict,
+    transition,
+    verdict_event,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -158,11 +164,58 @@ def test_abort_with_rollback_sends_committed_devices_back() -> None:
     assert decide(device("d2", version="1.0"), [offer]).action == Action.NONE
 
 
-def test_rollback_falls_back_to_the_previous_version_of_a_cohort_device() -> None:
+def test_rollback_reaches_only_devices_the_rollout_offered_its_release_to() -> None:
+    """issue 11 §1: a device in the cohort that took the release elsewhere is not the
+    aborted rollout's to send back (the old code fell back to its previous version)."""
     aborted = plan(state=RolloutState.ABORTED, rollback=True, stages=(100.0,))
     decision = decide(device("d9", version="1.1", previous_version="0.9"),
-                      [Offer(aborted, PLATFORMS)])
-    assert (decision.action, decision.version) == (Action.ROLLBACK, "0.9")
+                      [Offer(aborted, PLATFORMS, rollback_to={"d1": "1.0"})])
+    assert decision.action == Action.NONE
+
+
+def test_a_newer_rollout_of_the_version_supersedes_the_rollback_order() -> None:
+    aborted = plan(id=7, state=RolloutState.ABORTED, rollback=True, stages=(100.0,))
+    again = plan(id=8, stages=(100.0,))
+    offers = [Offer(aborted, PLATFORMS, rollback_to={"d1": "1.0"}), Offer(again, PLATFORMS)]
+    assert decide(device("d1", version="1.1"), offers).action == Action.NONE
+    back = decide(device("d1", version="1.0"), offers)
+    assert (back.action, back.version, back.rollout_id) == (Action.INSTALL, "1.1", 8)
+
+
+def test_an_older_rollout_does_not_offer_what_a_newer_abort_took_back() -> None:
+    done = plan(id=6, state=RolloutState.COMPLETED, stages=(100.0,))
+    aborted = plan(id=7, state=RolloutState.ABORTED, rollback=True, stages=(100.0,))
+    offers = [Offer(done, PLATFORMS), Offer(aborted, PLATFORMS, rollback_to={"d1": "1.0"})]
+    decision = decide(device("d1", version="1.0"), offers)
+    assert decision.action == Action.NONE
+    assert "withdrawn" in decision.reason
+    assert decide(device("d2", version="1.0"), offers).action == Action.INSTALL
+
+
+def test_transition_table_allows_only_its_rows() -> None:
+    assert transition(RolloutState.ACTIVE, RolloutEvent.HALT) is RolloutState.PAUSED
+    assert transition(RolloutState.PAUSED, RolloutEvent.RESUME) is RolloutState.ACTIVE
+    assert transition(RolloutState.COMPLETED, RolloutEvent.ABORT) is None
+    assert transition(RolloutState.ABORTED, RolloutEvent.RESUME) is None
+    assert set(sources_of(RolloutEvent.ABORT)) == {RolloutState.ACTIVE, RolloutState.PAUSED}
+
+
+def test_every_state_is_reachable_and_finished_states_are_final() -> None:
+    reached, frontier = {RolloutState.ACTIVE}, [RolloutState.ACTIVE]
+    while frontier:
+        state = frontier.pop()
+        for (source, _), target in TRANSITIONS.items():
+            if source is state and target not in reached:
+                reached.add(target)
+                frontier.append(target)
+    assert reached == set(RolloutState)
+    assert not [row for row in TRANSITIONS if row[0] in (RolloutState.COMPLETED,
+                                                         RolloutState.ABORTED)]
+
+
+def test_verdicts_are_lifecycle_events() -> None:
+    assert verdict_event(Verdict(VerdictKind.PAUSE, "")) is RolloutEvent.HALT
+    assert verdict_event(Verdict(VerdictKind.WAIT, "")) is None
 
 
 def test_abort_without_rollback_leaves_devices_alone() -> None:
@@ -180,10 +233,13 @@ def test_other_apps_and_channels_are_ignored() -> None:
     assert "no rollout" in decision.reason
 
 
-def test_outcomes_failure_wins_over_commit() -> None:
-    result = outcomes([("a", "committed"), ("b", "committed"), ("b", "health-failed"),
-                       ("c", "download-started"), ("d", "rolled-back")])
-    assert result == {"a": Outcome.SUCCEEDED, "b": Outcome.FAILED, "d": Outcome.FAILED}
+def test_outcomes_settle_once_per_device() -> None:
+    """One classification (fleetup._protocol): a commit settles a device as succeeded, a
+    rollback alone (an operator's order) is no report, repeats count once."""
+    result = outcomes([("a", "committed"), ("b", "download-failed"), ("b", "committed"),
+                       ("c", "download-started"), ("d", "rolled-back"),
+                       *[("e", "health-failed")] * 100, ("e", "rolled-back")])
+    assert result == {"a": Outcome.SUCCEEDED, "b": Outcome.SUCCEEDED, "e": Outcome.FAILED}
 
 
 def test_stage_stats_splits_the_stage_band_from_the_whole_rollout() -> None:
@@ -192,7 +248,9 @@ def test_stage_stats_splits_the_stage_band_from_the_whole_rollout() -> None:
     band = ids_by_cohort(p.salt, 10, 50, 4)
     later = ids_by_cohort(p.salt, 50, 100, 5)
     results = {early[0]: Outcome.FAILED, band[0]: Outcome.SUCCEEDED, band[1]: Outcome.FAILED}
-    stats = stage_stats(p, [cohort_of(d, p.salt) for d in early + band + later], results)
+    offered_at = {early[0]: 0, band[0]: 1, band[1]: 1}
+    stats = stage_stats(p, [cohort_of(d, p.salt) for d in early + band + later], results,
+                        offered_at)
     assert stats == StageStats(stage_targeted=4, stage_reports=2, stage_failures=1,
                                total_reports=3, total_failures=2)
 

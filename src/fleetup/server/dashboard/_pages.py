@@ -277,7 +277,8 @@ def rollout(request: Request, rollout_id: RowId, session: SessionDep, user: Page
     install, _ = time_to_update_report(session, now=utcnow(), hours=24 * 90,
                                        rollout_id=rollout_id)
     return render(request, "rollout.html", user=user, active="rollouts", row=row,
-                  report=report, stages=rollout_stage_rows(report.plan, scope, report.results),
+                  report=report, stages=rollout_stage_rows(report.plan, scope, report.results,
+                                                          report.offered_at),
                   failures=list(reversed(failures))[:50],
                   reasons=top_failure_reasons(failures), devices=devices,
                   device_count=device_count, install=install)
