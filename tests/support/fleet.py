@@ -101,12 +101,15 @@ def cli(*args: str, token: str | None = None, check: bool = True,
     return result
 
 
-def publish(repo: Path, work: Path, version: str, app: str = "hello") -> None:
-    """Add a tiny release ``version`` of ``app`` (platform linux-x86_64) to ``repo``."""
+def publish(repo: Path, work: Path, version: str, app: str = "hello",
+            channels: tuple[str, ...] = ("stable",)) -> None:
+    """Add a tiny release ``version`` of ``app`` (platform linux-x86_64) to ``repo``,
+    signed for ``channels``."""
     src = work / f"src-{app}-{version}"
     src.mkdir(parents=True)
     (src / "VERSION").write_text(f"{version}\n")
-    add_release(repo, ReleaseRequest(src=src, app=app, version=version, platform=PLATFORM))
+    add_release(repo, ReleaseRequest(src=src, app=app, version=version, platform=PLATFORM,
+                                      channels=channels))
 
 
 @dataclass

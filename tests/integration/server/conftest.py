@@ -84,8 +84,8 @@ def build_fleet(tmp_path: Path, db_url: str, env: dict[str, str] | None = None,
     init_repo(repo)
     publish(repo, work, "1.0")
     init_store(repo, data)  # the server starts with 1.0; 1.1 and 1.2 wait to be pushed
-    for version in ("1.1", "1.2"):
-        publish(repo, work, version)
+    for version in ("1.1", "1.2"):  # signed for beta too: 1.0 is for stable only
+        publish(repo, work, version, channels=("stable", "beta"))
     tokens = make_tokens(db_url)
     server = FleetServer(data, db_url, env or {}, workers).start()
     return Fleet(server, repo, work, tokens)
