@@ -65,6 +65,9 @@ class EventType(enum.StrEnum):
     ROLLED_BACK = "rolled-back"
     ROLLBACK = "rollback"  # an order (operator, fleet server, yank) to go back
     ERROR = "error"
+    # The installed release is yanked and nothing this device's policy allows can
+    # replace it: it stays, and says so once, so that the server can alert.
+    RUNNING_YANKED = "running-yanked"
 
 
 class DeviceState(enum.StrEnum):
@@ -124,6 +127,7 @@ FAILURE_EVENTS = _of(OutcomeKind.FAILURE)
 ROLLBACK_EVENTS = _of(OutcomeKind.ROLLBACK)
 OUTCOME_EVENTS = frozenset(str(t) for t in OUTCOME_OF)
 INTEGRITY_EVENTS = frozenset({str(EventType.VERIFY_FAILED)})
+YANKED_EVENTS = frozenset({str(EventType.RUNNING_YANKED)})
 
 
 def attempted_version(kind: str, version: str | None, from_version: str | None

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fleetup._facts import DeltaFacts, ReleaseFacts
-from fleetup._protocol import RolloutId
+from fleetup._protocol import EventType, RolloutId
 from fleetup.agent._choice import Decision, DeviceView, choose
 from fleetup.agent._config import PolicyConfig
 
@@ -31,7 +31,7 @@ log = logging.getLogger("fleetup.agent")
 
 # The installed release is yanked and no release this device's policy allows can
 # replace it: the device stays and says so, so that the server can alert.
-RUNNING_YANKED = "running-yanked"
+RUNNING_YANKED = str(EventType.RUNNING_YANKED)
 
 Progress = Callable[[int, int], None]
 Tee = Callable[[int, bytes], None]

@@ -21,6 +21,8 @@ per evaluation round or per retry. The pieces:
     ``rolled-back`` / ``rollback``. Once per rollout (or per app and version left).
   * ``integrity_failure`` — a device reporting ``verify-failed``: a signature, hash or
     length check refused what it downloaded. Once per device and version.
+  * ``running_yanked`` — a device reporting ``running-yanked``: its release was yanked
+    and no release its policy allows can replace it. Once per device and version.
 
   Event-driven kinds look at events received since the rule was created (the rule
   keeps a cursor, re-read with a minute of overlap so a late commit is not missed).
@@ -68,7 +70,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from fleetup._protocol import INTEGRITY_EVENTS, ROLLBACK_EVENTS
+from fleetup._protocol import INTEGRITY_EVENTS, ROLLBACK_EVENTS, YANKED_EVENTS
 from fleetup._version import __version__
 from fleetup.errors import ServerAPIError
 from fleetup.server import _crud
@@ -134,6 +136,7 @@ class RuleKind(enum.StrEnum):
     STUCK_DEVICES = "stuck_devices"
     ROLLBACK = "rollback"
     INTEGRITY_FAILURE = "integrity_failure"
+    RUNNING_YANKED = "running_yanked"
 
 
 class DeliveryState(enum.StrEnum):
@@ -144,8 +147,10 @@ class DeliveryState(enum.StrEnum):
 
 
 SEVERITY = {RuleKind.FAILURE_RATE: "critical", RuleKind.INTEGRITY_FAILURE: "critical",
-            RuleKind.ROLLBACK: "warning", RuleKind.STUCK_DEVICES: "warning"}
-EVENT_KINDS = frozenset({RuleKind.ROLLBACK, RuleKind.INTEGRITY_FAILURE})
+            RuleKind.ROLLBACK: "warning", RuleKind.STUCK_DEVICES: "warning",
+            RuleKind.RUNNING_YANKED: "warning"}
+EVENT_KINDS = frozenset({RuleKind.ROLLBACK, RuleKind.INTEGRITY_FAILURE,
+                         RuleKind.RUNNING_YANKED})
 
 
 # -- pure: rules ------------------------------------------------------------------------
@@ -302,6 +307,15 @@ def _integrity(rule: Rule, facts: FleetFacts) -> list[Firing]:
         for e in _new_events(rule, facts, INTEGRITY_EVENTS)]
 
 
+def _running_yanked(rule: Rule, facts: FleetFacts) -> list[Firing]:
+    return [Firing(
+        rule.id, f"yanked:{e.device_id}:{e.version}", rule.kind, SEVERITY[rule.kind],
+        f"{e.app}: device {e.device_id} runs the yanked {e.version} and has nowhere to go",
+        e.app, {"device_id": e.device_id, "version": e.version, "event_id": e.event_id,
+                "reason": e.reason, "at": e.at.isoformat()})
+        for e in _new_events(rule, facts, YANKED_EVENTS)]
+
+
 def _new_events(rule: Rule, facts: FleetFacts, types: frozenset[str]) -> list[EventRow]:
     return [e for e in facts.events if e.type in types and e.received_at > rule.events_since
             and _mine(rule, e.app)]
@@ -309,7 +323,8 @@ def _new_events(rule: Rule, facts: FleetFacts, types: frozenset[str]) -> list[Ev
 
 _EVALUATORS: dict[RuleKind, Callable[[Rule, FleetFacts], list[Firing]]] = {
     RuleKind.FAILURE_RATE: _failure_rate, RuleKind.STUCK_DEVICES: _stuck,
-    RuleKind.ROLLBACK: _rollback, RuleKind.INTEGRITY_FAILURE: _integrity}
+    RuleKind.ROLLBACK: _rollback, RuleKind.INTEGRITY_FAILURE: _integrity,
+    RuleKind.RUNNING_YANKED: _running_yanked}
 
 
 # -- pure: delivery ---------------------------------------------------------------------
@@ -370,7 +385,7 @@ def gather_facts(session: Session, rules: Sequence[Rule], now: datetime) -> Flee
     event_rules = [r for r in rules if r.kind in EVENT_KINDS]
     if event_rules:
         events = recent_events(session, since=min(r.events_since for r in event_rules),
-                               types=ROLLBACK_EVENTS | INTEGRITY_EVENTS)
+                               types=ROLLBACK_EVENTS | INTEGRITY_EVENTS | YANKED_EVENTS)
     targets: dict[tuple[str, str], ChannelTarget] = {}
     devices: list[DeviceRow] = []
     if RuleKind.STUCK_DEVICES in kinds:

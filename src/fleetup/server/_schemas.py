@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from fleetup._protocol import EventType
 from fleetup.server._auth import Role
 
 __all__ = [
@@ -88,10 +89,7 @@ __all__ = [
     "VersionsPublic",
 ]
 
-EVENT_TYPES = ("check", "download-started", "download-finished", "download-failed",
-               "verify-failed", "staged", "switched", "health-passed", "health-failed",
-               "committed", "rolled-back", "rollback", "error",
-               "running-yanked")  # the device runs a yanked release and has nowhere to go
+EVENT_TYPES = tuple(str(t) for t in EventType)  # the protocol's vocabulary, one place
 
 
 @functools.lru_cache(maxsize=4096)
@@ -657,7 +655,8 @@ def _http_url(value: str) -> str:
     return value
 
 
-AlertRuleKind = Literal["failure_rate", "stuck_devices", "rollback", "integrity_failure"]
+AlertRuleKind = Literal["failure_rate", "stuck_devices", "rollback", "integrity_failure",
+                        "running_yanked"]
 WebhookUrl = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_http_url)]
 RuleName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 Secret = Annotated[str, StringConstraints(max_length=200)]

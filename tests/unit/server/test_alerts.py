@@ -149,6 +149,18 @@ def test_integrity_failures_fire_per_device_and_version() -> None:
     assert [f.key for f in only_hello] == ["integrity:d1:1.2"]
 
 
+def test_a_device_left_on_a_yanked_release_fires_once_per_device_and_version() -> None:
+    facts = FleetFacts(NOW, events=[
+        event("d1", "running-yanked", version="1.1", reason="no release the policy allows"),
+        event("d1", "running-yanked", minutes_ago=3, version="1.1"),
+        event("d2", "committed", version="1.1"),
+        event("d3", "running-yanked", minutes_ago=120, version="1.1"),  # before the rule
+    ])
+    fired = evaluate_rule(rule(RuleKind.RUNNING_YANKED), facts)
+    assert [(f.key, f.severity) for f in fired] == [("yanked:d1:1.1", "warning")]
+    assert fired[0].title == "hello: device d1 runs the yanked 1.1 and has nowhere to go"
+
+
 def test_every_rule_is_evaluated_with_its_own_id() -> None:
     facts = FleetFacts(NOW, rollouts=[health(1, 10, 5)],
                        events=[event("d1", "verify-failed", version="1.1")])

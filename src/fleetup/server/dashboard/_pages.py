@@ -379,7 +379,7 @@ def acknowledge(alert_id: RowId, session: SessionDep, user: PublisherFormDep) ->
 @router.post("/alerts/rules")
 def create_rule(session: SessionDep, user: AdminFormDep, name: Text,
                 kind: Annotated[Literal["failure_rate", "stuck_devices", "rollback",
-                                        "integrity_failure"], Form()],
+                                        "integrity_failure", "running_yanked"], Form()],
                 threshold: Annotated[float, Form(ge=0)] = 0.0,
                 min_count: Annotated[int, Form(ge=1)] = 1, app: Annotated[str, Form()] = "",
                 webhook_url: Annotated[str, Form()] = "",
