@@ -136,7 +136,10 @@ port = {port}
             backups = httpx.get(f"{api}/backups", timeout=10).json()
             assert [b["version"] for b in backups] == ["1.0.0", "1.1.0"]
             assert httpx.get(f"{api}/nope", timeout=10).status_code == 404
-            rolled = httpx.post(f"{api}/rollback", json={"to": "1.0.0"}, timeout=10)
+            # A change needs the local token (a file only the agent's user can read).
+            token = (tmp_path / "device" / ".fleetup" / "status-api.token").read_text().strip()
+            rolled = httpx.post(f"{api}/rollback", json={"to": "1.0.0"}, timeout=10,
+                                headers={"Authorization": f"Bearer {token}"})
             assert rolled.status_code == 202
             _wait(lambda: _read(data / "app.version").strip() == "1.0.0", what="rollback")
             history = httpx.get(f"{api}/history", timeout=10).json()
