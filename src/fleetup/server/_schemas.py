@@ -91,7 +91,8 @@ __all__ = [
 EVENT_TYPES = ("check", "download-started", "download-finished", "download-failed",
                "verify-failed", "staged", "switched", "health-passed", "health-failed",
                "committed", "rolled-back", "rollback", "error",
-               "running-yanked")  # the device runs a yanked release and has nowhere to go
+               "running-yanked",  # the device runs a yanked release and has nowhere to go
+               "update-held")  # staged, but the device's pre-update check said "not now"
 
 
 @functools.lru_cache(maxsize=4096)
