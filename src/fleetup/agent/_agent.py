@@ -328,22 +328,29 @@ class Agent:
             resumed = self.resume()
             if resumed is not None and resumed.result is Result.STOPPED:
                 return resumed
-            staged = self._staged()
-            if staged is not None:
-                self._drop_staged(staged, "a rollback was asked for")
             installed = self.store.installed_version()
-            target = to or self._previous_kept(installed)
-            if target not in self.store.kept_versions():
+            kept = self._rollback_targets()
+            target = to or self._previous_kept(installed, kept)
+            if target not in kept:
                 raise UsageError(f"{target} is not a kept release here "
-                                 f"(kept: {', '.join(self.store.kept_versions()) or 'none'})")
+                                 f"(kept: {', '.join(kept) or 'none'})")
             if target == installed:
                 return Outcome(Result.NOTHING, installed, reason=f"{target} is installed")
+            staged = self._staged()
+            if staged is not None:  # the journal is the rollback's now
+                self._drop_staged(staged, "rolled back by the operator")
             reason = "rolled back by the operator"
             return self._run(self._begin_rollback(installed, target, reason,
                                                   blame_installed=True))
 
-    def _previous_kept(self, installed: str | None) -> str:
-        kept = [v for v in self.store.kept_versions() if v != installed]
+    def _rollback_targets(self) -> list[str]:
+        """Kept releases, less one staged and never run (applying it is no rollback)."""
+        staged = self._staged()
+        fresh = staged.target if staged is not None and staged.artifact != "kept" else None
+        return [v for v in self.store.kept_versions() if v != fresh]
+
+    def _previous_kept(self, installed: str | None, kept_now: list[str]) -> str:
+        kept = [v for v in kept_now if v != installed]
         if installed is None or not kept:
             raise UsageError("no other kept release to roll back to")
         current = parse_version(installed)
