@@ -423,7 +423,7 @@ class Agent:
                              cwd=cwd if cwd.is_dir() else self.config.root, env=env,
                              timeout=self.config.health.timeout or 30.0)
         if held is not None:
-            log.warning("update to %s held back: %s", j.target, held)
+            log.info("update to %s held back: %s", j.target, held)
             self.sink.emit(AgentEvent("update-held", version=j.target,
                                       from_version=j.installed, update_id=j.update_id,
                                       rollout_id=j.rollout_id, reason=held,
