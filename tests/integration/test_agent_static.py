@@ -463,7 +463,8 @@ def test_download_only_then_apply_offline_held_by_the_pre_check_first(
     assert out == "staged 1.1.0; `fleetup agent apply` switches to it\n"
     status = _status(config)
     assert (status["version"], status["state"], status["progress"]) == ("1.0.0", "ready", None)
-    assert isinstance(status["staged"], dict) and status["staged"]["version"] == "1.1.0"
+    assert isinstance(status["staged"], dict)
+    assert status["staged"]["version"] == "1.1.0"
 
     # The server is gone: apply needs none. The device is busy first: held, not blamed.
     busy = _with_pre_check(config, tmp_path, 1)

@@ -159,7 +159,7 @@ def _events_emitted(method: ast.FunctionDef) -> set[Event]:
 
 
 def test_every_state_but_the_resting_ones_has_a_handler() -> None:
-    assert RESTING == {S.IDLE, S.READY}
+    assert {S.IDLE, S.READY} == RESTING
     assert set(_handler_table()) == set(State) - RESTING
 
 

@@ -95,7 +95,7 @@ def test_download_only_stages_a_verified_tree_and_waits(repo: SampleRepo, device
     outcome = agent.update(download_only=True)
     assert (outcome.result, outcome.version, outcome.target) == (Result.STAGED, "1.0", "1.1")
     assert agent.store.installed_version() == "1.0"
-    manifest, facts = agent.store.load_manifest("1.1")
+    _, facts = agent.store.load_manifest("1.1")
     assert scan_tree(device / "releases" / "1.1").digest() == facts.tree_digest
     assert journal_of(device)["state"] == "ready"
     status = agent.status()
@@ -224,7 +224,8 @@ def test_the_pre_check_runs_before_the_switch_with_the_target_named(
     agent, _ = agent_over(repo.path, device, health=health)
     assert agent.update().result is Result.INSTALLED
     lines = seen.read_text().split()
-    assert lines[0].endswith("releases/1.0") and lines[1] == "1.1"
+    assert lines[0].endswith("releases/1.0")  # run before the switch
+    assert lines[1] == "1.1"
 
 
 # -- progress ----------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from fleetup.agent import Daemon, StatusApi
-from fleetup.agent._daemon import Request
 from fleetup.agent._config import ModulesConfig, PolicyConfig
+from fleetup.agent._daemon import Request
 from fleetup.agent._modules import ModuleHost
 from tests.support.fake_source import FakeSource, agent_over
 from tests.support.fleet import wait_for
