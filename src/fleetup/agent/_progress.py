@@ -60,7 +60,7 @@ class ProgressFile:
     def write(self, figures: dict[str, Any]) -> None:
         # Progress is a courtesy: a full disk must not fail the download it describes.
         with contextlib.suppress(StorageError, OSError):
-            atomic_write(self.path, json.dumps(figures, sort_keys=True).encode())
+            atomic_write(self.path, json.dumps(figures, sort_keys=True).encode(), mode=0o600)
 
     def read(self) -> dict[str, Any] | None:
         try:
