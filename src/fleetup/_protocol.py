@@ -68,6 +68,7 @@ class EventType(enum.StrEnum):
     # The installed release is yanked and nothing this device's policy allows can
     # replace it: it stays, and says so once, so that the server can alert.
     RUNNING_YANKED = "running-yanked"
+    UPDATE_HELD = "update-held"  # staged, but the device's pre-update check said "not now"
 
 
 class DeviceState(enum.StrEnum):
@@ -83,6 +84,7 @@ class DeviceState(enum.StrEnum):
     FAILED = "failed"
     ROLLING_BACK = "rolling-back"
     ROLLED_BACK = "rolled-back"
+    READY = "ready"  # staged and waiting to be applied (download-only, apply policy, pre-check)
 
 
 class CheckinAction(enum.StrEnum):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetup._manifest import scan_tree
 from tests.support.device import (
     FLEETUP,
     clone_device,
@@ -143,6 +144,45 @@ def test_kill_while_rolling_back_a_broken_release(world: World, tmp_path: Path,
     assert [f["version"] for f in status["failed"]] == ["1.2.0"]
     _assert_intact(world, root)
     assert current_digest(root) == world.digests["1.1.0"]
+
+
+def _staged_digest(root: Path, version: str) -> str:
+    return scan_tree(root / "releases" / version).digest()
+
+
+def test_a_kill_while_staged_and_waiting_neither_switches_nor_discards(
+        world: World, tmp_path: Path) -> None:
+    root, config = _device(world, tmp_path)
+    killed = run_agent(config, "update", "--download-only", "--no-progress",
+                       env={"FLEETUP_FAILPOINTS": "state:ready"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    for again in (("status", "--json"), ("update", "--download-only", "--no-progress")):
+        assert run_agent(config, *again).returncode == 0
+        assert _journal_state(root) == "ready"
+        assert current_digest(root) == world.digests["1.0.0"]
+        assert _staged_digest(root, "1.1.0") == world.digests["1.1.0"]
+    applied = run_agent(config, "apply")
+    assert applied.returncode == 0, applied.stderr
+    assert current_digest(root) == world.digests["1.1.0"]
+    assert _journal_state(root) == "idle"
+    _assert_intact(world, root)
+
+
+@pytest.mark.parametrize("point", ["state:staged", "state:switched"])
+def test_kill_while_applying(world: World, tmp_path: Path, point: str) -> None:
+    root, config = _device(world, tmp_path)
+    assert run_agent(config, "update", "--download-only", "--no-progress").returncode == 0
+    killed = run_agent(config, "apply", env={"FLEETUP_FAILPOINTS": point})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    _assert_intact(world, root)
+    # Before the switch the next apply finishes it; past it the switch is undone (not
+    # blamed) and the tree stays kept, so the next update installs it with no download.
+    resumed = run_agent(config, "apply")
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_intact(world, root)
+    if point == "state:staged":
+        assert current_digest(root) == world.digests["1.1.0"]
+    _assert_finished(world, root, config, "1.1.0")
 
 
 def _measure_update(world: World, tmp_path: Path) -> tuple[float, float]:

@@ -410,3 +410,78 @@ def test_a_release_policy_holds_back_says_why_it_waits(
 
     assert run_agent(config, "update", "--no-progress", "--version", "2.0.0").returncode == 0
     assert json.loads(run_agent(config, "status", "--json").stdout)["waiting"] is None
+
+
+# -- download now, apply later; the pre-update check; progress (issue 17) ---------------
+
+
+def _with_pre_check(config: Path, tmp_path: Path, exit_code: int) -> Path:
+    """``config`` with a ``[health] pre_command`` that exits ``exit_code``."""
+    script = tmp_path / f"can-update-{exit_code}"
+    script.write_text(f"#!/bin/sh\necho 'on battery' >&2\nexit {exit_code}\n")
+    script.chmod(0o755)
+    path = tmp_path / f"agent-pre-{exit_code}.toml"
+    path.write_text(config.read_text().replace(
+        "[health]\n", f'[health]\npre_command = ["{script}"]\n'))
+    return path
+
+
+def _status(config: Path) -> dict[str, object]:
+    return dict(json.loads(run_agent(config, "status", "--json").stdout))
+
+
+def _progress_seen(config: Path, process: subprocess.Popen[str]) -> dict[str, object]:
+    """``status --json``'s progress while ``process`` downloads."""
+    while process.poll() is None:
+        progress = _status(config).get("progress")
+        if isinstance(progress, dict) and progress.get("done"):
+            return progress
+    raise AssertionError("status never showed the download's progress")
+
+
+def test_download_only_then_apply_offline_held_by_the_pre_check_first(
+        tmp_path: Path) -> None:
+    repo = new_repo(tmp_path / "repo")
+    publish(repo, tmp_path, "1.0.0", files=4)
+    published = publish(repo, tmp_path, "1.1.0", files=4,
+                        extra={"blob.bin": os.urandom(1_000_000)})
+    server = StaticServer(repo / "public", tmp_path, rate=300_000,
+                          access_log=tmp_path / "a.log").start()
+    try:
+        config = _config(tmp_path, server, repo)
+        assert run_agent(config, "update", "--version", "1.0.0").returncode == 0
+        staging = subprocess.Popen([*FLEETUP, "agent", "-c", str(config), "update",
+                                    "--download-only", "--no-progress"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        progress = _progress_seen(config, staging)
+        out, err = staging.communicate(timeout=120)
+    finally:
+        server.stop()
+    assert progress["step"] == "downloading"
+    assert 0 < int(str(progress["done"])) <= int(str(progress["total"]))
+    assert staging.returncode == 0, err
+    assert out == "staged 1.1.0; `fleetup agent apply` switches to it\n"
+    status = _status(config)
+    assert (status["version"], status["state"], status["progress"]) == ("1.0.0", "ready", None)
+    assert isinstance(status["staged"], dict)
+    assert status["staged"]["version"] == "1.1.0"
+
+    # The server is gone: apply needs none. The device is busy first: held, not blamed.
+    busy = _with_pre_check(config, tmp_path, 1)
+    held = run_agent(busy, "apply")
+    assert held.returncode == 1
+    assert _one_error_line(held) == "error: held: pre-check exited 1: on battery"
+    status = _status(busy)
+    assert status["held"] == {"by": "pre-check", "reason": "pre-check exited 1: on battery",
+                              "since": status["held"]["since"]}  # type: ignore[index]
+    assert (status["version"], status["failed"]) == ("1.0.0", [])
+    assert "held: pre-check (pre-check exited 1: on battery)" in run_agent(busy, "status").stdout
+
+    applied = run_agent(_with_pre_check(config, tmp_path, 0), "apply")
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout == "installed 1.1.0\n"
+    assert current_digest(tmp_path / "device") == published.digest
+    assert _status(config)["staged"] is None
+    nothing = run_agent(config, "apply")
+    assert nothing.returncode == 1
+    assert _one_error_line(nothing).startswith("error: nothing is staged to apply")

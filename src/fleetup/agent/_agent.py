@@ -27,6 +27,7 @@ from typing import Any
 from fleetup import _failpoints as failpoints
 from fleetup._facts import DeltaFacts, ReleaseFacts, release_target_path
 from fleetup._manifest import scan_tree
+from fleetup._protocol import EventType
 from fleetup._versions import parse_version
 from fleetup.agent._choice import (
     Decision,
@@ -47,7 +48,7 @@ from fleetup.agent._director import (
     ReleaseSource,
     StaticDirector,
 )
-from fleetup.agent._health import plan_health, run_health_check
+from fleetup.agent._health import plan_health, run_health_check, run_pre_check
 from fleetup.agent._install import (
     clear_downloads,
     discard_partials,
@@ -55,7 +56,16 @@ from fleetup.agent._install import (
     remove_release,
     tree_is_staged,
 )
-from fleetup.agent._lifecycle import MAX_RESUMES, Event, Journal, Kind, State, resumed_journal
+from fleetup.agent._lifecycle import (
+    MAX_RESUMES,
+    RESTING,
+    Event,
+    Journal,
+    Kind,
+    State,
+    resumed_journal,
+)
+from fleetup.agent._progress import ProgressFile
 from fleetup.agent._store import DeviceStore
 from fleetup.agent._supervisor import CommandRestarter, NoRestarter, Restarter, restarts_app
 from fleetup.errors import (
@@ -83,6 +93,8 @@ class Result(StrEnum):
     REVERTED = "reverted"      # switched back to a kept release on request (or a yank)
     FAILED = "failed"
     STOPPED = "stopped"
+    STAGED = "staged"          # downloaded, verified and staged; waiting to be applied
+    HELD = "held"              # staged, but the pre-update check said "not now"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +159,7 @@ class Agent:
         self.sleep = sleep
         self._source: ReleaseSource | None = None
         self._factory: SourceFactory = self.source_factory
+        self.progress_file = ProgressFile(self.store.layout.state / "progress.json")
 
     # -- construction helpers --------------------------------------------------------
 
@@ -263,25 +276,34 @@ class Agent:
                                   from_version=device.installed, reason=result.reason))
         return result
 
-    def update(self, wanted: str | None = None) -> Outcome:
+    def update(self, wanted: str | None = None, *, download_only: bool = False) -> Outcome:
         """One whole cycle: finish an interrupted one, decide, install or roll back.
+
+        With ``download_only`` the cycle stops once the release is staged (``ready``);
+        :meth:`apply` switches to it later. A release staged before is applied when it
+        is still the one to install (unless ``download_only``), dropped when it is not.
 
         Raises:
             NetworkError, TrustError: the check itself failed; nothing changed.
             StateError: another agent holds the lock, or the journal is corrupt.
         """
         with self.cycle():
-            return self._update(wanted)
+            return self._update(wanted, download_only)
 
-    def _update(self, wanted: str | None) -> Outcome:
+    def _update(self, wanted: str | None, download_only: bool = False) -> Outcome:
         resumed = self.resume()
         if resumed is not None and resumed.result is Result.STOPPED:
             return resumed
         device = self.device_view()
         decision = self.director.decide(device, self._lazy_source(), self.clock(), wanted)
         self._record_check(decision)
+        staged = self._after_staged(decision, download_only)
+        if staged is not None:
+            return staged
+        device = self.device_view()
         if isinstance(decision, Install) and decision.facts is not None:
-            outcome = self._run(self._begin_update(device, decision.facts, decision))
+            outcome = self._run(self._begin_update(device, decision.facts, decision,
+                                                   hold=download_only))
         elif isinstance(decision, RollbackTo):
             outcome = self._run(self._begin_rollback(device.installed, decision.version,
                                                      decision.reason, blame_installed=False,
@@ -308,23 +330,106 @@ class Agent:
             if resumed is not None and resumed.result is Result.STOPPED:
                 return resumed
             installed = self.store.installed_version()
-            target = to or self._previous_kept(installed)
-            if target not in self.store.kept_versions():
+            kept = self._rollback_targets()
+            target = to or self._previous_kept(installed, kept)
+            if target not in kept:
                 raise UsageError(f"{target} is not a kept release here "
-                                 f"(kept: {', '.join(self.store.kept_versions()) or 'none'})")
+                                 f"(kept: {', '.join(kept) or 'none'})")
             if target == installed:
                 return Outcome(Result.NOTHING, installed, reason=f"{target} is installed")
+            staged = self._staged()
+            if staged is not None:  # the journal is the rollback's now
+                self._drop_staged(staged, "rolled back by the operator")
             reason = "rolled back by the operator"
             return self._run(self._begin_rollback(installed, target, reason,
                                                   blame_installed=True))
 
-    def _previous_kept(self, installed: str | None) -> str:
-        kept = [v for v in self.store.kept_versions() if v != installed]
+    def _rollback_targets(self) -> list[str]:
+        """Kept releases, less one staged and never run (applying it is no rollback)."""
+        staged = self._staged()
+        fresh = staged.target if staged is not None and staged.artifact != "kept" else None
+        return [v for v in self.store.kept_versions() if v != fresh]
+
+    def _previous_kept(self, installed: str | None, kept_now: list[str]) -> str:
+        kept = [v for v in kept_now if v != installed]
         if installed is None or not kept:
             raise UsageError("no other kept release to roll back to")
         current = parse_version(installed)
         older = [v for v in kept if parse_version(v) < current]
         return (older or kept)[-1]
+
+    # -- staged releases: download now, apply later ---------------------------------
+
+    def apply(self) -> Outcome:
+        """Switch to the staged release: no network, health-gated like any update.
+
+        Raises:
+            UsageError: nothing is staged.
+            StateError: another agent holds the lock, or the journal is corrupt.
+        """
+        with self.cycle():
+            resumed = self.resume()  # an apply killed half way finishes first
+            if resumed is not None and resumed.result is Result.STOPPED:
+                return resumed
+            staged = self._staged()
+            if staged is not None:
+                return self._run(self._begin_apply(staged, "applied on request"))
+            if resumed is not None:
+                return resumed
+            raise UsageError("nothing is staged to apply (`agent update --download-only` "
+                             "stages a release)")
+
+    def staged_version(self) -> str | None:
+        """The version staged and waiting to be applied, or ``None``."""
+        staged = self._staged()
+        return None if staged is None else staged.target
+
+    def _staged(self) -> Journal | None:
+        journal = self.store.load_journal()
+        return journal if journal.state is State.READY else None
+
+    def _after_staged(self, decision: Decision, download_only: bool) -> Outcome | None:
+        """A staged release meets this cycle's decision: still the one to install →
+        applied (or, ``download_only`` and never told to apply, left waiting); another
+        release, none, or a rollback → dropped. ``None``: the cycle goes on."""
+        staged = self._staged()
+        if staged is None:
+            return None
+        facts = decision.facts if isinstance(decision, Install) else None
+        if facts is not None and facts.version == staged.target:
+            if download_only and staged.hold:  # once told to apply, a held one is retried
+                return _waiting_outcome(staged, self.store.installed_version())
+            return self._run(self._begin_apply(staged, decision.reason))
+        if not isinstance(decision, Defer):  # waiting for a window keeps what is staged
+            self._drop_staged(staged, decision.reason)
+        return None
+
+    def _begin_apply(self, j: Journal, reason: str) -> Journal:
+        return self._advance(j, Event.APPLY, hold=False, held="", resumed=0, reason=reason)
+
+    def _drop_staged(self, j: Journal, why: str) -> None:
+        """Forget a staged release that is no longer wanted. The journal goes first: a
+        crash before the tree is gone leaves a kept tree, never a journal without one."""
+        self._advance(j, Event.DISCARDED)
+        self.store.save_journal(Journal(updated_at=_now_iso()))
+        if j.artifact != "kept" and j.target:  # a tree kept before this cycle stays
+            remove_release(self.store, j.target)
+        log.info("dropped the staged %s %s: %s", j.app, j.target, why)
+
+    def _pre_check(self, j: Journal) -> str | None:
+        """Run ``[health] pre_command``; why the switch must wait, or ``None``."""
+        cwd = self.store.layout.current
+        env = {**self.app_env(), "FLEETUP_TARGET_VERSION": j.target or ""}
+        held = run_pre_check(self.config.health.pre_command,
+                             cwd=cwd if cwd.is_dir() else self.config.root, env=env,
+                             timeout=self.config.health.timeout or 30.0)
+        if held is not None:
+            log.info("update to %s held back: %s", j.target, held)
+            self.sink.emit(AgentEvent(str(EventType.UPDATE_HELD), version=j.target,
+                                      from_version=j.installed, update_id=j.update_id,
+                                      rollout_id=j.rollout_id, reason=held,
+                                      details={"by": "pre-check"}))
+        return held
 
     def resume(self) -> Outcome | None:
         """Finish a cycle a killed process left behind; ``None`` if there was none."""
@@ -332,6 +437,8 @@ class Agent:
         if journal.state is State.IDLE:
             discard_partials(self.store)
             return None
+        if journal.state is State.READY:
+            return None  # staged and waiting: nothing was interrupted
         log.warning("resuming an interrupted %s of %s in state %s", journal.kind,
                     journal.target, journal.state)
         given_up = journal.resumed >= MAX_RESUMES
@@ -344,13 +451,13 @@ class Agent:
     # -- the driver ------------------------------------------------------------------
 
     def _begin_update(self, device: DeviceView, facts: ReleaseFacts,
-                      decision: Install) -> Journal:
+                      decision: Install, hold: bool = False) -> Journal:
         journal = Journal(
             kind=Kind.UPDATE, update_id=uuid.uuid4().hex, app=self.config.app,
             installed=device.installed, target=facts.version, restore=device.installed,
             release=facts.to_custom(), reason=decision.reason, on_purpose=decision.on_purpose,
             rollout_id=getattr(self.director, "rollout_id", None), retire=decision.retire,
-            started_at=_now_iso())
+            started_at=_now_iso(), hold=hold)
         return self._advance(journal, Event.BEGIN)
 
     def _begin_rollback(self, installed: str | None, target: str, reason: str,
@@ -377,7 +484,7 @@ class Agent:
             State.ROLLED_BACK: self._record,
         }
         ended = journal
-        while journal.state is not State.IDLE:
+        while journal.state not in RESTING:
             if self.stop.is_set() and journal.state in _ABANDON_ON_STOP:
                 log.info("stopping: leaving the %s of %s to resume later", journal.state,
                          journal.target)
@@ -385,6 +492,8 @@ class Agent:
                                "stopped before the update finished; it resumes next time")
             ended = journal
             journal = handlers[journal.state](journal)
+        if journal.state is State.READY:
+            return _waiting_outcome(journal, self.store.installed_version())
         return _outcome(ended, self.store.installed_version())
 
     # -- handlers: each does its step and returns the journal after the next event ---
@@ -397,11 +506,13 @@ class Agent:
             source = self._fresh_source()
             artifact, path = self._fetch(source, facts, j)
         except FleetupError as e:
+            self.progress_file.clear()
             kind = "verify-failed" if _is_trust(e) else "download-failed"
             self.sink.emit(AgentEvent(kind, version=j.target, from_version=j.installed,
                                       update_id=j.update_id, rollout_id=j.rollout_id,
                                       reason=str(e)))
             return self._advance(j, Event.DOWNLOAD_FAILED, reason=str(e))
+        self.progress_file.clear()
         size = path.stat().st_size if path.exists() else 0
         self.sink.emit(AgentEvent("download-finished", version=j.target, from_version=j.installed,
                                   update_id=j.update_id, rollout_id=j.rollout_id,
@@ -426,7 +537,7 @@ class Agent:
                 try:
                     path = source.download(delta.target_path,
                                            downloads / _file_name(delta.target_path),
-                                           self._progress(label, length))
+                                           self._progress(label, length, "delta"))
                     return f"delta:{base}", path
                 except FleetupError as e:
                     log.warning("delta download failed (%s); using the full archive", e)
@@ -438,7 +549,8 @@ class Agent:
         unpack = StreamingUnpack(self.store, facts)
         try:
             path = source.download(facts.target_path, downloads / _file_name(facts.target_path),
-                                   self._progress(f"{facts.app} {facts.version}", length),
+                                   self._progress(f"{facts.app} {facts.version}", length,
+                                                  "full"),
                                    tee=unpack)
         except BaseException:
             unpack.discard()
@@ -447,13 +559,18 @@ class Agent:
             log.debug("%s %s was unpacked while it downloaded", facts.app, facts.version)
         return "full", path
 
-    def _progress(self, label: str, total: int) -> Callable[[int, int], None] | None:
+    def _progress(self, label: str, total: int, artifact: str) -> Callable[[int, int], None]:
+        """The download's progress: to the progress file (for ``status``), and to the
+        progress bar when there is one."""
+        to_file = self.progress_file.reporter("downloading", artifact)
+        to_file(0, total)
         if self.progress is None:
-            return None
+            return to_file
         advance = self.progress(label, total)
         seen = [0]
 
-        def report(done: int, _total: int) -> None:
+        def report(done: int, total_now: int) -> None:
+            to_file(done, total_now)
             if done > seen[0]:
                 advance(done - seen[0])
                 seen[0] = done
@@ -486,9 +603,15 @@ class Agent:
             return self._advance(j, Event.STAGE_FAILED, reason=str(e))
         self.sink.emit(AgentEvent("staged", version=j.target, update_id=j.update_id,
                                   rollout_id=j.rollout_id))
-        return self._advance(j, Event.STAGED)
+        return self._advance(j, Event.STAGED, staged_at=_now_iso())
 
     def _switch(self, j: Journal) -> Journal:
+        if j.hold:
+            log.info("%s %s is staged; it is applied on `agent apply`", j.app, j.target)
+            return self._advance(j, Event.HOLD)
+        held = self._pre_check(j)
+        if held is not None:
+            return self._advance(j, Event.PRE_CHECK_FAILED, held=held)
         try:
             self.store.point_current(j.target)
         except FleetupError as e:
@@ -626,12 +749,32 @@ class Agent:
             # to go), or null.
             "running_yanked": saved.get("running_yanked"),
             "waiting": saved.get("waiting"),
+            "apply": self.config.policy.apply,
+            **self._staged_status(journal),
         }
         if journal.state is not State.IDLE:
             body["update"] = {"kind": journal.kind.value, "from": journal.installed,
                               "to": journal.target, "started_at": journal.started_at,
                               "reason": journal.reason}
         return body
+
+    def _staged_status(self, journal: Journal) -> dict[str, Any]:
+        """``staged`` (waiting to be applied), ``held`` (by the pre-update check) and
+        ``progress`` (of the download under way), each null when there is none."""
+        ready = journal.state is State.READY
+        progress: dict[str, Any] | None = None
+        if journal.state is State.DOWNLOADING:
+            progress = self.progress_file.read() or {"step": "downloading", "done": 0,
+                                                     "total": None}
+        elif journal.state is State.VERIFIED:
+            progress = {"step": "staging"}
+        return {
+            "staged": {"version": journal.target, "since": journal.staged_at or
+                       journal.updated_at} if ready else None,
+            "held": {"by": "pre-check", "reason": journal.held, "since": journal.updated_at}
+            if ready and journal.held else None,
+            "progress": progress,
+        }
 
     def history(self) -> list[dict[str, Any]]:
         return self.store.history()
@@ -759,6 +902,14 @@ def _check_result(installed: str | None, decision: Decision) -> CheckResult:
                            decision.skipped)
     assert isinstance(decision, UpToDate | Decision)
     return CheckResult(installed, None, "none", decision.reason, decision.skipped)
+
+
+def _waiting_outcome(ready: Journal, installed: str | None) -> Outcome:
+    """A cycle that ended staged and waiting: held by the pre-check, or on purpose."""
+    if ready.held:
+        return Outcome(Result.HELD, installed, ready.target, f"held: {ready.held}")
+    return Outcome(Result.STAGED, installed, ready.target,
+                   f"{ready.target} is staged; `agent apply` switches to it")
 
 
 def _outcome(last: Journal, installed: str | None) -> Outcome:

@@ -16,9 +16,12 @@ one line (:class:`~fleetup.errors.ConfigError`).
 
     [policy]   auto = ["patch", "minor", "security", "hotfix"], window = "02:00-04:00",
                server_override = false  (fleet mode: may the server skip auto/window?)
+               apply = "now" | "next-start" | "manual"  (the daemon: switch at once, or
+               stage and switch when it next starts, or only on `agent apply`)
     [download] timeout, deadline, retries, backoff, max_backoff, bandwidth, deltas
     [process]  command = [...], restart_command = [...], env = {...}, stop_timeout
     [health]   command = [...], url, timeout, startup_grace, crash_loop_restarts, ...
+               pre_command = [...]  (before the switch; non-zero holds the update back)
     [modules]  enabled, tick_interval
     [status_api] enabled, port             (loopback only)
     [fleet]    deadline = 60, max_reply = 1048576   (bounds on each fleet exchange)
@@ -97,6 +100,12 @@ class PolicyConfig:
     # so a server that was taken over cannot push what this device holds back. The
     # signed facts (channels, min_from, yanked) are enforced either way.
     server_override: bool = False
+    # When the daemon switches to a release it staged: "now", when it "next-start"s, or
+    # only when told ("manual": ``agent apply`` or the status API's install).
+    apply: str = "now"
+
+
+APPLY_POLICIES = ("now", "next-start", "manual")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +143,9 @@ class HealthConfig:
     startup_grace: float = 2.0
     crash_loop_restarts: int = 3
     crash_loop_window: float = 60.0
+    # Run before each switch (busy? battery? disk space?): non-zero holds the update back
+    # until the next cycle, without blaming the release.
+    pre_command: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +292,11 @@ def _parse(raw: Mapping[str, Any], base: Path, source: Path) -> AgentConfig:
 
 
 def _policy(raw: Mapping[str, Any]) -> PolicyConfig:
-    _no_unknown(raw, {"auto", "window", "window_exempt", "server_override"}, "policy.")
+    _no_unknown(raw, {"auto", "window", "window_exempt", "server_override", "apply"},
+                "policy.")
+    apply = _get(raw, "apply", str, "now", prefix="policy.")
+    if apply not in APPLY_POLICIES:
+        raise ConfigError(f"policy.apply must be now, next-start or manual, got {apply!r}")
     window_text = _opt(raw, "window", str, "policy.")
     try:
         window = MaintenanceWindow.parse(window_text) if window_text else None
@@ -290,7 +306,8 @@ def _policy(raw: Mapping[str, Any]) -> PolicyConfig:
                         window=window,
                         window_exempt=_types(raw, "window_exempt", DEFAULT_WINDOW_EXEMPT),
                         server_override=_get(raw, "server_override", bool, False,
-                                             prefix="policy."))
+                                             prefix="policy."),
+                        apply=apply)
 
 
 def _types(raw: Mapping[str, Any], key: str, default: frozenset[UpdateType]
@@ -331,14 +348,15 @@ def _process(raw: Mapping[str, Any]) -> ProcessConfig:
 
 def _health(raw: Mapping[str, Any]) -> HealthConfig:
     _no_unknown(raw, {"command", "url", "timeout", "startup_grace", "crash_loop_restarts",
-                      "crash_loop_window"}, "health.")
+                      "crash_loop_window", "pre_command"}, "health.")
     timeout = raw.get("timeout")
     return HealthConfig(
         command=_argv(raw, "command", "health."), url=_opt(raw, "url", str, "health."),
         timeout=None if timeout is None else _positive(raw, "timeout", 30.0, "health."),
         startup_grace=_get(raw, "startup_grace", float, 2.0, prefix="health."),
         crash_loop_restarts=_get(raw, "crash_loop_restarts", int, 3, prefix="health."),
-        crash_loop_window=_positive(raw, "crash_loop_window", 60.0, "health."))
+        crash_loop_window=_positive(raw, "crash_loop_window", 60.0, "health."),
+        pre_command=_argv(raw, "pre_command", "health."))
 
 
 def _modules(raw: Mapping[str, Any]) -> ModulesConfig:

@@ -2,9 +2,12 @@
 
 The daemon holds the device lock for its whole life. Update cycles run in a worker
 thread so the main loop keeps supervising the app and ticking modules during a long
-download. SIGTERM/SIGINT set the stop event: a cycle in a state that is safe to leave
-(downloading, verified, staged) is abandoned — it resumes on the next start — while a
-cycle past the switch is allowed to finish (commit or roll back) first.
+download. ``[policy] apply`` other than "now" makes the poll's cycles stop once a release is
+staged: "next-start" applies it when the daemon next starts, "manual" only on request
+(``agent apply``, the status API). SIGTERM/SIGINT set the stop event: a cycle in a
+state that is safe to leave (downloading, verified, staged) is abandoned — it resumes
+on the next start — while a cycle past the switch is allowed to finish (commit or roll
+back) first.
 """
 
 from __future__ import annotations
@@ -42,8 +45,9 @@ log = logging.getLogger("fleetup.agent")
 class Request:
     """Work asked of the daemon from outside the poll schedule (the status API)."""
 
-    kind: str  # "check" | "update" | "rollback"
+    kind: str  # "check" | "update" | "rollback" | "apply"
     version: str | None = None
+    download_only: bool = False  # an update that stops once staged (the poll's, by policy)
     result: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
 
 
@@ -84,6 +88,7 @@ class Daemon:
         config = self.agent.config
         with self.agent.store.lock():
             self._installed = self.agent.store.installed_version()
+            self._apply_at_start()
             if self.supervisor is not None:
                 self._start_app()
             if self.modules is not None and config.modules.enabled:
@@ -98,7 +103,7 @@ class Daemon:
                     if not self.requests.empty():
                         self._start(self.requests.get())
                     elif self._woken(now) or now >= next_poll:
-                        self._start(Request("update"))
+                        self._start(Request("update", download_only=self._stages_only()))
                         next_poll = now + self._interval()
                 if self.supervisor is not None:
                     self._poll_app()
@@ -108,6 +113,16 @@ class Daemon:
                 self.stop.wait(0.2)
             self._shutdown()
         return 0
+
+    def _stages_only(self) -> bool:
+        return self.agent.config.policy.apply != "now"
+
+    def _apply_at_start(self) -> None:
+        """``apply = "next-start"``: what an earlier run staged is applied first."""
+        if self.agent.config.policy.apply == "next-start" \
+                and self.agent.staged_version() is not None:
+            log.info("applying the staged %s on start", self.agent.staged_version())
+            self.submit("apply")
 
     def check_in_within(self, seconds: float) -> None:
         """Check (and update) within ``seconds`` rather than at the next poll; callable
@@ -144,8 +159,10 @@ class Daemon:
                 value: Any = self.agent.check(request.version)
             elif request.kind == "rollback":
                 value = self.agent.rollback(request.version)
+            elif request.kind == "apply":
+                value = self.agent.apply()
             else:
-                value = self.agent.update(request.version)
+                value = self.agent.update(request.version, download_only=request.download_only)
             if isinstance(value, Outcome):
                 self.last_outcome = value
                 self._after(value)

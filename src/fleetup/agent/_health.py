@@ -28,7 +28,7 @@ from fleetup._facts import HealthSpec
 from fleetup.agent._config import HealthConfig
 from fleetup.agent._supervisor import Restarter
 
-__all__ = ["HealthPlan", "plan_health", "run_health_check"]
+__all__ = ["HealthPlan", "plan_health", "run_health_check", "run_pre_check"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +67,19 @@ def run_health_check(plan: HealthPlan, *, cwd: Path, env: Mapping[str, str],
     return reason or _crash_loop(plan, app, started)
 
 
+def run_pre_check(command: tuple[str, ...], *, cwd: Path, env: Mapping[str, str],
+                  timeout: float) -> str | None:
+    """The device's ``[health] pre_command``, run before a switch: ``None`` if the update
+    may go ahead, else one line saying why not ("pre-check exited 1: on battery").
+
+    It judges the moment, not the release: a "no" holds the update back for now and
+    blames nothing. An empty command always says yes.
+    """
+    if not command:
+        return None
+    return _run_command(command, cwd, env, timeout, what="pre-check")
+
+
 def _watch_start(plan: HealthPlan, app: Restarter, started: float,
                  clock: Callable[[], float], sleep: Callable[[float], None]) -> str | None:
     while clock() - started < plan.startup_grace:
@@ -85,9 +98,10 @@ def _crash_loop(plan: HealthPlan, app: Restarter, started: float) -> str | None:
 
 
 def _run_command(command: tuple[str, ...], cwd: Path, env: Mapping[str, str],
-                 budget: float) -> str | None:
+                 budget: float, what: str = "health command") -> str | None:
     if budget <= 0:
-        return "health check timed out before its command ran"
+        check = "health check" if what == "health command" else what
+        return f"{check} timed out before its command ran"
     try:
         # Its own process group, so a timeout also stops whatever the command started;
         # output that is not UTF-8 must not crash the agent half way through a switch.
@@ -96,17 +110,17 @@ def _run_command(command: tuple[str, ...], cwd: Path, env: Mapping[str, str],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    encoding="utf-8", errors="replace")
     except OSError as e:
-        return f"health command {command[0]} could not run: {e.strerror}"
+        return f"{what} {command[0]} could not run: {e.strerror}"
     with process:  # on the way out: close the pipes, reap the child
         try:
             stdout, stderr = process.communicate(timeout=budget)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            return f"health command {command[0]} did not finish within {budget:.0f}s"
+            return f"{what} {command[0]} did not finish within {budget:.0f}s"
     if process.returncode != 0:
         tail = (stderr.strip().splitlines() or stdout.strip().splitlines() or [""])[-1][:200]
-        return f"health command exited {process.returncode}" + (f": {tail}" if tail else "")
+        return f"{what} exited {process.returncode}" + (f": {tail}" if tail else "")
     return None
 
 

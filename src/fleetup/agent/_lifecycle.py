@@ -19,6 +19,12 @@ them on disk).
     idle ─ROLLBACK_REQUESTED─▶ rolling-back ◀──RESTART_FAILED── switched   committed   rolling-back
                                     │                                         │          │
                                ROLLED_BACK ─▶ rolled-back ─RECORDED─▶ idle  RECORDED → idle
+
+Staged and waiting (``update --download-only``, ``[policy] apply``, a pre-update check
+that said "not now") is a resting state of its own, like idle::
+
+    staged ─HOLD / PRE_CHECK_FAILED─▶ ready ─APPLY─▶ staged        (``agent apply``)
+                                        └──DISCARDED─▶ idle       (a newer or no release)
 """
 
 from __future__ import annotations
@@ -32,8 +38,8 @@ from typing import Any
 from fleetup._protocol import RolloutId, rollout_id_of
 from fleetup.errors import StateError
 
-__all__ = ["GIVE_UP", "MAX_RESUMES", "RESUME", "TRANSITIONS", "Event", "Journal", "Kind", "State",
-           "next_state", "resumed_journal"]
+__all__ = ["GIVE_UP", "MAX_RESUMES", "RESTING", "RESUME", "TRANSITIONS", "Event", "Journal",
+           "Kind", "State", "next_state", "resumed_journal"]
 
 
 class State(enum.StrEnum):
@@ -47,6 +53,7 @@ class State(enum.StrEnum):
     FAILED = "failed"
     ROLLING_BACK = "rolling-back"
     ROLLED_BACK = "rolled-back"
+    READY = "ready"  # staged and waiting to be applied: a resting state, like idle
 
 
 class Event(enum.StrEnum):
@@ -65,6 +72,10 @@ class Event(enum.StrEnum):
     ROLLBACK_REQUESTED = "rollback-requested"
     ROLLED_BACK = "rolled-back"
     RECORDED = "recorded"
+    HOLD = "hold"                            # staged on purpose, to apply later
+    PRE_CHECK_FAILED = "pre-check-failed"    # the device said "not now": held, not blamed
+    APPLY = "apply"
+    DISCARDED = "discarded"
 
 
 S, E = State, Event
@@ -87,7 +98,15 @@ TRANSITIONS: Mapping[tuple[State, Event], State] = {
     (S.COMMITTED, E.RECORDED): S.IDLE,
     (S.FAILED, E.RECORDED): S.IDLE,
     (S.ROLLED_BACK, E.RECORDED): S.IDLE,
+    (S.STAGED, E.HOLD): S.READY,
+    (S.STAGED, E.PRE_CHECK_FAILED): S.READY,
+    (S.READY, E.APPLY): S.STAGED,
+    (S.READY, E.DISCARDED): S.IDLE,
 }
+
+# States a cycle ends in without having finished: nothing runs in them, and a run that
+# finds one has nothing to resume (``ready`` waits for ``apply`` or the next cycle).
+RESTING = frozenset({S.IDLE, S.READY})
 
 # Where a run that was killed in a state continues. Everything before the switch is
 # simply redone (handlers are idempotent; downloads resume from their .part file).
@@ -105,6 +124,9 @@ RESUME: Mapping[State, State] = {
     S.FAILED: S.FAILED,
     S.ROLLING_BACK: S.ROLLING_BACK,
     S.ROLLED_BACK: S.ROLLED_BACK,
+    # Staged and waiting: a kill here neither switches nor discards; the tree is
+    # complete and verified, and stays until ``apply`` or a newer release.
+    S.READY: S.READY,
 }
 
 # The state-loop guard (Mender's): a cycle that was resumed more than MAX_RESUMES times
@@ -123,6 +145,7 @@ GIVE_UP: Mapping[State, State] = {
     S.COMMITTED: S.IDLE,          # recording keeps failing: drop the record, not the device
     S.FAILED: S.IDLE,
     S.ROLLED_BACK: S.IDLE,
+    S.READY: S.READY,             # never resumed (a resting state), so never given up on
 }
 
 # States in which a stop request waits for the step to finish: the app is switched
@@ -177,6 +200,8 @@ class Journal:
     ``current``, as after a failed first install). ``release`` is the target's signed
     facts (as in TUF ``custom``), kept so a resumed cycle needs no network. ``retire``
     names a yanked release whose tree is removed once the cycle has moved off it.
+    ``hold`` stops the cycle at ``ready`` once staged (apply later); ``held`` is why a
+    pre-update check held it back there; ``staged_at`` when its tree was staged.
     """
 
     state: State = State.IDLE
@@ -197,6 +222,9 @@ class Journal:
     started_at: str = ""
     updated_at: str = ""
     resumed: int = 0
+    hold: bool = False
+    held: str = ""
+    staged_at: str = ""
 
     def advance(self, event: Event, now: str, **changes: Any) -> Journal:
         """The journal after ``event``, with field ``changes`` applied."""

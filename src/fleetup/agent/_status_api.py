@@ -7,7 +7,9 @@ changes are handed to the daemon, which does them under its lock.
 
     GET  /api/updates/status            status (as ``agent status --json``)
     POST /api/updates/check             check now; the result
-    POST /api/updates/install/{version} install a version on purpose (202, runs async)
+    POST /api/updates/install/{version} install a version on purpose (202, runs async);
+                                        the staged version is applied (no network)
+    POST /api/updates/apply             switch to the staged release (202; 409 if none)
     POST /api/updates/rollback          roll back (body {"to": "1.0.0"} optional; 202)
     GET  /api/updates/history           past updates and rollbacks
     GET  /api/updates/backups           kept releases (instant rollback targets)
@@ -140,6 +142,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._install(route.removeprefix(_PREFIX + "install/"))
         elif route == _PREFIX + "rollback":
             self._rollback()
+        elif route == _PREFIX + "apply":
+            self._apply()
         else:
             self._error(HTTPStatus.NOT_FOUND, "not-found", f"no such endpoint: {route}")
 
@@ -195,10 +199,23 @@ class _Handler(BaseHTTPRequestHandler):
         if not version or "/" in version:
             self._error(HTTPStatus.BAD_REQUEST, "bad-version", "name one version")
             return
+        if version == self.daemon.agent.staged_version():  # staged: told to apply it
+            self.daemon.submit("apply")
+            self._send(HTTPStatus.ACCEPTED, {"accepted": True, "install": version,
+                                             "apply": True})
+            return
         if self._check(version) is None:  # refused now, with the reason, not later
             return
         self.daemon.submit("update", version)
         self._send(HTTPStatus.ACCEPTED, {"accepted": True, "install": version})
+
+    def _apply(self) -> None:
+        staged = self.daemon.agent.staged_version()
+        if staged is None:
+            self._error(HTTPStatus.CONFLICT, "nothing-staged", "nothing is staged to apply")
+            return
+        self.daemon.submit("apply")
+        self._send(HTTPStatus.ACCEPTED, {"accepted": True, "apply": staged})
 
     def _rollback(self) -> None:
         to = self._json_body().get("to")

@@ -1,7 +1,9 @@
 """``fleetup agent -c AGENT.toml COMMAND``: the device side.
 
 Exit codes (scripts depend on them): ``check`` 0 up to date, 10 update available;
-``update`` 0 installed or nothing to do, 20 installed but rolled back; ``verify`` 0
+``update`` 0 installed, staged (``--download-only``), held or nothing to do, 20
+installed but rolled back; ``apply`` as ``update``, but 1 when held or nothing is
+staged; ``verify`` 0
 intact, 30 damaged; every command 1 on error (nothing changed).
 """
 
@@ -20,7 +22,7 @@ from fleetup.cli._options import json_option
 from fleetup.cli._output import emit_json, result, table
 
 if TYPE_CHECKING:
-    from fleetup.agent._agent import Agent
+    from fleetup.agent._agent import Agent, Outcome
     from fleetup.agent._config import AgentConfig
 
 EXIT_UPDATE_AVAILABLE = 10
@@ -34,7 +36,8 @@ EXIT_DAMAGED = 30
 @click.option("--log-json", is_flag=True, help="Log JSON lines instead of text.")
 @click.pass_context
 def agent(ctx: click.Context, config_path: Path, log_json: bool) -> None:
-    """The update agent on a device: check, update, run, status, rollback, history, verify."""
+    """The update agent on a device: check, update, apply, run, status, rollback, history,
+    verify."""
     ctx.obj = {"config_path": config_path, "log_json": log_json}
 
 
@@ -137,21 +140,47 @@ def check(ctx: click.Context, as_json: bool) -> None:
 @click.option("--version", "wanted", default=None,
               help="Install this version on purpose (even a manual-only type).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--download-only", is_flag=True,
+              help="Fetch, verify and stage, then stop; `agent apply` switches later.")
 @json_option
 @click.pass_context
-def update(ctx: click.Context, wanted: str | None, no_progress: bool, as_json: bool) -> None:
+def update(ctx: click.Context, wanted: str | None, no_progress: bool, download_only: bool,
+           as_json: bool) -> None:
     """One whole cycle: download, verify, stage, switch, health check, commit or roll back.
 
-    Exit 0 installed or nothing to do, 20 installed but rolled back, 1 error.
+    Exit 0 installed, staged or nothing to do, 20 installed but rolled back, 1 error.
     """
-    from fleetup.agent._agent import Result
-
     config = _config(ctx)
     _setup_logs(config, ctx)
     with _logged("update"), _progress(not no_progress and not as_json) as progress:
-        outcome = _make_agent(config, progress=progress).update(wanted)
-    code = {Result.ROLLED_BACK: EXIT_ROLLED_BACK, Result.FAILED: 1, Result.STOPPED: 1}.get(
-        outcome.result, 0)
+        outcome = _make_agent(config, progress=progress).update(wanted,
+                                                                download_only=download_only)
+    _report_outcome(ctx, outcome, as_json, held_is_error=False)
+
+
+@agent.command()
+@json_option
+@click.pass_context
+def apply(ctx: click.Context, as_json: bool) -> None:
+    """Switch to the staged release (no network), health-gated like any update.
+
+    Exit 0 installed, 20 installed but rolled back, 1 error (held, or nothing staged).
+    """
+    config = _config(ctx)
+    _setup_logs(config, ctx)
+    with _logged("apply"):
+        outcome = _make_agent(config).apply()
+    _report_outcome(ctx, outcome, as_json, held_is_error=True)
+
+
+def _report_outcome(ctx: click.Context, outcome: Outcome, as_json: bool,
+                    held_is_error: bool) -> None:
+    """Print an update's or apply's outcome and exit with its code."""
+    from fleetup.agent._agent import Result
+
+    errors = {Result.FAILED, Result.STOPPED} | ({Result.HELD} if held_is_error else set())
+    code = EXIT_ROLLED_BACK if outcome.result is Result.ROLLED_BACK else \
+        1 if outcome.result in errors else 0
     if as_json:
         emit_json({"result": outcome.result.value, "version": outcome.version,
                    "target": outcome.target, "reason": outcome.reason,
@@ -167,6 +196,10 @@ def update(ctx: click.Context, wanted: str | None, no_progress: bool, as_json: b
         result(f"not installed now: {outcome.waiting.line()}")
     elif outcome.result is Result.NOTHING:
         result(f"nothing to do: {outcome.reason}")
+    elif outcome.result is Result.STAGED:
+        result(f"staged {outcome.target}; `fleetup agent apply` switches to it")
+    elif outcome.result is Result.HELD and not held_is_error:
+        result(f"not installed now ({outcome.target} {outcome.reason}); retried next cycle")
     if code == 1 and not as_json:
         click.echo(f"error: {outcome.reason}", err=True)
     ctx.exit(code)
@@ -208,11 +241,23 @@ def status(ctx: click.Context, as_json: bool) -> None:
     pending = body.get("pending")
     if pending:
         result(f"pending: {pending['version']} ({pending['type']}): {pending['reason']}")
+    _status_staged(body)
     result(f"kept: {', '.join(body['kept']) or 'none'}")
     if body.get("running_yanked"):
         result(f"runs a yanked release: {body['running_yanked']}")
     for failed in body["failed"]:
         result(f"not installed again by itself: {failed['version']} ({failed['reason']})")
+
+
+def _status_staged(body: dict[str, Any]) -> None:
+    staged, held, progress = body.get("staged"), body.get("held"), body.get("progress")
+    if staged:
+        result(f"staged: {staged['version']} since {staged['since']} (apply: {body['apply']})")
+    if held:
+        result(f"held: {held['by']} ({held['reason']})")
+    if progress and progress.get("step") == "downloading":
+        total = progress.get("total")
+        result(f"downloading: {progress.get('done', 0)} of {total or '?'} bytes")
 
 
 @agent.command()

@@ -271,3 +271,22 @@ def test_window_parse_and_str() -> None:
     assert str(window) == "23:30-01:15"
     with pytest.raises(ValueError, match="HH:MM-HH:MM"):
         MaintenanceWindow.parse("23:30")
+
+
+def test_apply_policy_and_pre_command(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL + '[policy]\napply = "next-start"\n'
+                               '[health]\npre_command = ["./can-update", "--battery"]\n'))
+    assert config.policy.apply == "next-start"
+    assert config.health.pre_command == ("./can-update", "--battery")
+    default = load_config(write(tmp_path, MINIMAL, "default.toml"))
+    assert (default.policy.apply, default.health.pre_command) == ("now", ())
+
+
+@pytest.mark.parametrize(("extra", "names"), [
+    ('[policy]\napply = "later"\n', "policy.apply must be now, next-start or manual"),
+    ("[policy]\napply = true\n", "policy.apply must be str"),
+    ('[health]\npre_command = "./can-update"\n', "health.pre_command must be a list"),
+])
+def test_a_bad_apply_policy_or_pre_command_names_the_key(tmp_path: Path, extra: str,
+                                                         names: str) -> None:
+    assert names in error_of(tmp_path, MINIMAL + extra)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from fleetup.agent import Agent, CheckResult, Daemon, Outcome, Result
-from fleetup.agent._config import ModulesConfig
+from fleetup.agent._config import ModulesConfig, PolicyConfig
 from fleetup.agent._lifecycle import State
 from fleetup.agent._modules import ModuleHost
 from fleetup.agent._supervisor import AppSupervisor
@@ -273,4 +273,36 @@ def test_a_pushed_check_now_comes_before_the_next_poll(repo: SampleRepo, tmp_pat
     repo.publish("1.1")
     running.daemon.check_in_within(0.0)  # what the push listener calls on a message
     wait_for(lambda: running.agent.store.installed_version() == "1.1", what="the pushed update")
+    assert running.stop() == 0
+
+
+@pytest.mark.parametrize("policy", ["manual", "next-start"])
+def test_the_poll_only_stages_unless_the_policy_applies_now(
+        repo: SampleRepo, tmp_path: Path, start: Callable[..., Running], policy: str) -> None:
+    running = start(daemon_for(repo, tmp_path, policy=PolicyConfig(apply=policy)))
+    wait_for(lambda: running.daemon.last_outcome is not None, what="the first poll")
+    assert running.daemon.last_outcome is not None
+    assert running.daemon.last_outcome.result is Result.STAGED
+    assert running.agent.store.installed_version() is None
+    assert running.agent.status()["staged"]["version"] == "1.0"
+    assert running.stop() == 0
+
+
+def test_next_start_applies_what_was_staged_when_the_daemon_starts(
+        repo: SampleRepo, tmp_path: Path, start: Callable[..., Running]) -> None:
+    staging, _ = agent_over(repo.path, tmp_path / "device")
+    assert staging.update(download_only=True).result is Result.STAGED
+    running = start(daemon_for(repo, tmp_path, policy=PolicyConfig(apply="next-start"),
+                               poll_interval=3600.0))
+    wait_for(lambda: running.agent.store.installed_version() == "1.0",
+             what="the staged release applied on start")
+    assert running.stop() == 0
+
+
+def test_manual_applies_only_when_told(repo: SampleRepo, tmp_path: Path,
+                                       start: Callable[..., Running]) -> None:
+    running = start(daemon_for(repo, tmp_path, policy=PolicyConfig(apply="manual")))
+    wait_for(lambda: running.agent.staged_version() == "1.0", what="1.0 to be staged")
+    outcome = running.daemon.submit("apply").result.result(timeout=60)
+    assert (outcome.result, outcome.version) == (Result.INSTALLED, "1.0")
     assert running.stop() == 0

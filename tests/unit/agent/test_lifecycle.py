@@ -19,6 +19,7 @@ from fleetup.agent._lifecycle import (
     FINISH_BEFORE_STOP,
     GIVE_UP,
     MAX_RESUMES,
+    RESTING,
     RESUME,
     TRANSITIONS,
     Event,
@@ -33,7 +34,7 @@ from fleetup.errors import StateError
 S = State
 
 PERSISTED_NAMES = ["idle", "downloading", "verified", "staged", "switched", "health-checking",
-                   "committed", "failed", "rolling-back", "rolled-back"]
+                   "committed", "failed", "rolling-back", "rolled-back", "ready"]
 
 BEFORE_SWITCH = {S.DOWNLOADING, S.VERIFIED, S.STAGED}
 PAST_SWITCH = {S.SWITCHED, S.HEALTH_CHECKING, S.COMMITTED, S.ROLLING_BACK, S.ROLLED_BACK}
@@ -157,8 +158,9 @@ def _events_emitted(method: ast.FunctionDef) -> set[Event]:
     return events
 
 
-def test_every_state_but_idle_has_a_handler() -> None:
-    assert set(_handler_table()) == set(State) - {S.IDLE}
+def test_every_state_but_the_resting_ones_has_a_handler() -> None:
+    assert {S.IDLE, S.READY} == RESTING
+    assert set(_handler_table()) == set(State) - RESTING
 
 
 def test_every_event_a_handler_emits_is_in_the_table() -> None:
@@ -169,6 +171,8 @@ def test_every_event_a_handler_emits_is_in_the_table() -> None:
             emitted.add((state, event))
     emitted |= {(S.IDLE, e) for e in _events_emitted(methods["_begin_update"])}
     emitted |= {(S.IDLE, e) for e in _events_emitted(methods["_begin_rollback"])}
+    emitted |= {(S.READY, e) for e in _events_emitted(methods["_begin_apply"])}
+    emitted |= {(S.READY, e) for e in _events_emitted(methods["_drop_staged"])}
     missing = sorted(f"{s} --{e}-->" for s, e in emitted if (s, e) not in TRANSITIONS)
     assert not missing
     # And the table has no rows the handlers never use, except the terminal RECORDED
@@ -241,7 +245,7 @@ def test_every_resume_is_counted() -> None:
     assert resumed_journal(journal, "now").resumed == 3
 
 
-@pytest.mark.parametrize("state", list(State))
+@pytest.mark.parametrize("state", sorted(set(State) - RESTING))
 def test_a_journal_resumed_too_often_gives_up_to_a_state_that_never_runs_the_new_release(
         state: State) -> None:
     journal = Journal(state=state, target="1.1", restore="1.0", resumed=MAX_RESUMES)
@@ -254,6 +258,26 @@ def test_a_journal_resumed_too_often_gives_up_to_a_state_that_never_runs_the_new
         assert given_up.reason.startswith(f"gave up after {MAX_RESUMES} interrupted tries")
     if given_up.state is S.IDLE:
         assert given_up.target is None  # the next run starts clean
+
+
+def test_staged_and_waiting_is_left_as_it_is_by_a_restart() -> None:
+    """A kill while staged and waiting neither switches nor discards: ``ready`` resumes
+    as ``ready`` (and is not even counted: nothing was interrupted), and only an apply
+    leads on to the switch; the pre-check's "not now" leads back to it, not to failed."""
+    assert RESUME[S.READY] is S.READY
+    assert S.READY not in FINISH_BEFORE_STOP
+    assert {e for (s, e) in TRANSITIONS if s is S.READY} == {Event.APPLY, Event.DISCARDED}
+    assert next_state(S.READY, Event.APPLY) is S.STAGED
+    assert next_state(S.STAGED, Event.PRE_CHECK_FAILED) is S.READY
+    assert next_state(S.STAGED, Event.HOLD) is S.READY
+    assert next_state(S.READY, Event.DISCARDED) is S.IDLE
+
+
+def test_a_journal_staged_to_wait_round_trips() -> None:
+    journal = Journal(state=S.READY, target="1.1", hold=True, held="pre-check exited 1",
+                      staged_at="t0")
+    assert Journal.from_json(journal.to_json()) == journal
+    assert json.loads(journal.to_json())["state"] == "ready"
 
 
 def test_a_journal_under_the_limit_resumes_as_before() -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from fleetup.agent import Daemon, StatusApi
 from fleetup.agent._config import ModulesConfig, PolicyConfig
+from fleetup.agent._daemon import Request
 from fleetup.agent._modules import ModuleHost
 from tests.support.fake_source import FakeSource, agent_over
 from tests.support.fleet import wait_for
@@ -193,3 +194,34 @@ def test_the_api_listens_on_loopback_only(tmp_path: Path) -> None:
         assert api.port > 0
     finally:
         api.server.server_close()
+
+
+def _stage(served: Served, version: str) -> None:
+    """Stage ``version`` through the daemon (as its poll does with ``apply`` not "now")."""
+    request = Request("update", version, download_only=True)
+    served.daemon.requests.put(request)
+    assert request.result.result(timeout=60).target == version
+    assert served.daemon.agent.staged_version() == version
+
+
+def test_install_of_the_staged_release_applies_it_with_no_network(served: Served) -> None:
+    _stage(served, "1.2")
+    status = served.client.get(f"{PREFIX}/status").json()
+    assert status["staged"]["version"] == "1.2"
+    assert status["progress"] is None
+    served.source.offline = True
+    response = served.client.post(f"{PREFIX}/install/1.2")
+    assert response.status_code == 202
+    assert response.json() == {"accepted": True, "install": "1.2", "apply": True}
+    wait_for(lambda: served.installed() == "1.2", what="the staged 1.2 to be applied")
+    assert served.client.get(f"{PREFIX}/status").json()["staged"] is None
+
+
+def test_apply_switches_to_what_is_staged_and_refuses_when_nothing_is(served: Served) -> None:
+    response = served.client.post(f"{PREFIX}/apply")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "nothing-staged"
+    _stage(served, "1.2")
+    response = served.client.post(f"{PREFIX}/apply")
+    assert (response.status_code, response.json()) == (202, {"accepted": True, "apply": "1.2"})
+    wait_for(lambda: served.installed() == "1.2", what="the staged 1.2 to be applied")

@@ -242,3 +242,16 @@ def test_a_missing_optional_package_names_the_extra_to_install(
     assert main(["server", "--data", "/nonexistent-fleetup-data"]) == 1
     err = capsys.readouterr().err
     assert err.strip() == "error: this command needs uvicorn: pip install 'fleetup[server]'"
+
+
+def test_apply_with_nothing_staged_is_one_error_line_and_changes_nothing(
+        agent: Run, device: Path) -> None:
+    before = agent("status", "--json").json
+    ran = agent("apply")
+    assert ran.code == 1
+    assert ran.err == ("error: nothing is staged to apply (`agent update --download-only` "
+                       "stages a release)\n")
+    after = agent("status", "--json").json
+    assert (after["version"], after["state"], after["staged"], after["held"]) == (
+        before["version"], "idle", None, None)
+    assert after["apply"] == "now"

@@ -77,3 +77,18 @@ def test_event_batches_are_bounded() -> None:
         EventsRequest.model_validate({"events": [_event(id=str(n)) for n in range(501)]})
     fine = {"a": {"b": {"c": "d"}}, "n": [1, 2, 3], "s": "x" * 3000}
     assert EventsRequest.model_validate({"events": [_event(details=fine)]})
+
+
+def test_every_event_type_the_agent_emits_is_one_the_server_accepts() -> None:
+    """A type the agent sends but the server refuses would bounce the whole batch."""
+    import re
+    from pathlib import Path
+
+    import fleetup.agent
+    from fleetup.server._schemas import EVENT_TYPES
+
+    source = "".join(p.read_text() for p in Path(fleetup.agent.__file__).parent.glob("*.py"))
+    emitted = set(re.findall(r'AgentEvent\("([a-z-]+)"', source))
+    emitted |= set(re.findall(r'"([a-z-]+-failed)" if', source)) | {"download-failed"}
+    assert {"update-held", "staged", "committed"} <= emitted
+    assert emitted <= set(EVENT_TYPES)

@@ -74,7 +74,7 @@ router = APIRouter(include_in_schema=False, dependencies=[Depends(no_nul_in_url)
 _PAGE = 50
 # What agents report as their state (the update lifecycle's persisted names).
 _DEVICE_STATES = ("idle", "downloading", "verified", "staged", "switched", "health-checking",
-                  "committed", "failed", "rolling-back", "rolled-back")
+                  "committed", "failed", "rolling-back", "rolled-back", "ready")
 Text = Annotated[str, Form()]
 
 
