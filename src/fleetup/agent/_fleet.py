@@ -69,12 +69,16 @@ class FleetClient:
         self.config = config
         self.store = store
         # No idle connections: each exchange connects anew, so _Deadline sees its socket
-        # (a check-in every few minutes gains nothing from keep-alive).
+        # (a check-in every few minutes gains nothing from keep-alive). No redirects are
+        # followed; each request still passes the [download] host policy.
+        hosts = config.download.hosts
         self.http = httpx.Client(base_url=config.server_url + "api/v1/", transport=transport,
                                  timeout=httpx.Timeout(min(config.download.timeout,
                                                            config.fleet.deadline)),
                                  limits=httpx.Limits(max_keepalive_connections=0),
-                                 headers={"User-Agent": "fleetup-agent"})
+                                 headers={"User-Agent": "fleetup-agent"},
+                                 event_hooks={"request": [lambda r: hosts.check(str(r.url))]}
+                                 if hosts.active else None)
         self.retry_after: float | None = None
 
     @property
