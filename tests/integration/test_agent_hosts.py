@@ -21,14 +21,14 @@ class _Redirector(http.server.BaseHTTPRequestHandler):
     target = ""
     seen: list[str]
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         self.seen.append(self.path)
         self.send_response(302)
         self.send_header("Location", self.target + self.path.lstrip("/"))
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -65,7 +65,8 @@ def _config(tmp_path: Path, repo: Path, url: str, download: str) -> Path:
 
 def _error(result: object) -> str:
     lines = [line for line in result.stderr.splitlines() if line.strip()]  # type: ignore[attr-defined]
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: "), lines
     return lines[0]
 
 
@@ -77,7 +78,8 @@ def test_require_https_refuses_an_http_repository_before_any_request(
     checked = run_agent(config, "check")
     assert checked.returncode == 1
     line = _error(checked)
-    assert f"refusing {server.url}" in line and "host 127.0.0.1" in line, line
+    assert f"refusing {server.url}" in line, line
+    assert "host 127.0.0.1" in line
     assert "require_https" in line
     assert len(server.requests()) == before
     assert not (tmp_path / "device" / "current").exists()

@@ -44,8 +44,9 @@ def test_require_https_refuses_plaintext_schemes_and_names_the_host() -> None:
     assert policy.refusal("https://h.example/") is None
     assert policy.refusal("tls://nats.example:4222") is None
     why = policy.refusal("http://evil.example/metadata/1.root.json")
-    assert why is not None and "http://evil.example/metadata/1.root.json" in why
-    assert "evil.example" in why and "require_https" in why
+    assert why is not None
+    assert "http://evil.example/metadata/1.root.json" in why
+    assert "require_https" in why
     assert policy.refusal("nats://nats.example:4222") is not None
 
 
@@ -54,7 +55,8 @@ def test_the_refusal_names_the_host_in_one_bounded_line() -> None:
         ALLOW.check("http://evil.example/" + "a" * 5000 + "\n")
     message = str(caught.value)
     assert "host evil.example is not in [download] allowed_hosts" in message
-    assert "\n" not in message and len(message) < 300
+    assert "\n" not in message
+    assert len(message) < 300
 
 
 CONFIG = """\
@@ -114,7 +116,7 @@ def test_the_fetcher_checks_every_redirect_hop_before_sending_it() -> None:
     settings = FetchSettings(
         url_check=HostPolicy(allowed_hosts=frozenset({"repo.example"})).check)
     with HttpxFetcher(settings, transport=httpx.MockTransport(handler)) as fetcher, \
-            pytest.raises(HostRefusedError, match="host evil.example is not"):
+            pytest.raises(HostRefusedError, match=r"host evil\.example is not"):
         fetcher.download_bytes("http://repo.example/metadata/timestamp.json", 100)
     assert sent == ["http://repo.example/metadata/timestamp.json"]  # evil never asked
 
@@ -128,6 +130,6 @@ def test_the_fleet_client_checks_each_request(tmp_path: Path) -> None:
     sent: list[httpx.Request] = []
     client = FleetClient(config, DeviceStore(config.root),
                          httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(200)))
-    with pytest.raises(HostRefusedError, match="host fleet.example"):
+    with pytest.raises(HostRefusedError, match=r"host fleet\.example"):
         client.enroll()
     assert sent == []
