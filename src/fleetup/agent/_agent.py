@@ -289,6 +289,9 @@ class Agent:
         else:
             outcome = Outcome(Result.NOTHING, device.installed, reason=decision.reason,
                               waiting=waiting_of(decision))
+            if self.config.keep_days is not None:  # trees age while nothing new comes
+                prune_releases(self.store, self.config.keep, self.config.keep_days,
+                               self.clock())
         if outcome.result is Result.NOTHING and resumed is not None:
             return resumed
         return outcome
@@ -554,7 +557,7 @@ class Agent:
             self.store.clear_failed(j.target or "")
             if j.retire and j.retire != j.target:
                 remove_release(self.store, j.retire)
-            prune_releases(self.store, self.config.keep)
+            prune_releases(self.store, self.config.keep, self.config.keep_days, self.clock())
         if j.state is not State.FAILED:
             clear_downloads(self.store)
         else:

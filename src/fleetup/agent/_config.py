@@ -12,6 +12,7 @@ one line (:class:`~fleetup.errors.ConfigError`).
     trusted_root = "/etc/fleetup/root.json"
     channel = "stable"
     # platform, device_id, keep = 3, poll_interval = 3600, poll_jitter = 0.1
+    # keep_days = 30  (also prune kept trees not current for that long; never the previous)
     # server_url + enrollment_token (fleet mode), tags = {site = "lab"}
 
     [policy]   auto = ["patch", "minor", "security", "hotfix"], window = "02:00-04:00",
@@ -186,6 +187,7 @@ class AgentConfig:
     platform: str = field(default_factory=default_platform)
     device_id: str | None = None
     keep: int = 3
+    keep_days: float | None = None
     poll_interval: float = 3600.0
     poll_jitter: float = 0.1
     server_url: str | None = None
@@ -239,7 +241,7 @@ def _parse(raw: Mapping[str, Any], base: Path, source: Path) -> AgentConfig:
     known = {"app", "root", "trusted_root", "repo_url", "channel", "platform", "device_id",
              "keep", "poll_interval", "poll_jitter", "server_url", "enrollment_token", "tags",
              "policy", "download", "process", "health", "modules", "status_api", "push",
-             "fleet", "log"}
+             "fleet", "log", "keep_days"}
     _no_unknown(raw, known, "")
     app_name = _get(raw, "app", str, required=True)
     repo_url = _opt(raw, "repo_url", str)
@@ -271,6 +273,7 @@ def _parse(raw: Mapping[str, Any], base: Path, source: Path) -> AgentConfig:
         channel=channel, platform=platform,
         device_id=_opt(raw, "device_id", str),
         keep=keep,
+        keep_days=_keep_days(raw),
         poll_interval=_positive(raw, "poll_interval", 3600.0),
         poll_jitter=_get(raw, "poll_jitter", float, 0.1),
         tags=_str_map(raw.get("tags", {}), "tags"),
@@ -286,6 +289,11 @@ def _parse(raw: Mapping[str, Any], base: Path, source: Path) -> AgentConfig:
         log_level=log_level,
         source=source,
     ))
+
+
+def _keep_days(raw: Mapping[str, Any]) -> float | None:
+    """``keep_days``: absent means no age limit; a limit must be positive."""
+    return _positive(raw, "keep_days", 1.0) if "keep_days" in raw else None
 
 
 def _policy(raw: Mapping[str, Any]) -> PolicyConfig:
