@@ -104,7 +104,8 @@ class FleetClient:
         answer = self._post("devices/enroll", {
             "enrollment_token": self.config.enrollment_token, "device_id": self.device_id(),
             "app": self.config.app, "platform": self.config.platform,
-            "channel": self.config.channel, "tags": dict(self.config.tags)}, auth=False)
+            "channel": self.store.channel_override() or self.config.channel,
+            "tags": dict(self.config.tags)}, auth=False)
         token = str(answer["device_token"])
         self.store.ensure()
         atomic_write(self._token_file, json.dumps({
