@@ -8,6 +8,7 @@ release source, director, event sink and app restarter for static or fleet mode.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from fleetup.agent._agent import Agent, CheckResult, Outcome, Result, VerifyReport
@@ -92,7 +93,10 @@ def build_daemon(config: AgentConfig) -> tuple[Daemon, StatusApi | None]:
         from fleetup.agent._push import PushListener
 
         import_nats()
-        daemon.push = PushListener(config, daemon.check_in_within)
+        # The channel set on the device (agent channel) picks the subject; a change is
+        # heard after the daemon restarts.
+        daemon.push = PushListener(replace(config, channel=agent.channel()),
+                                   daemon.check_in_within)
     api = None
     if config.status_api.enabled:  # its HTTP server code loads only when it is on
         from fleetup.agent._status_api import StatusApi

@@ -37,6 +37,7 @@ from fleetup.agent._choice import (
     RollbackTo,
     UpToDate,
     Waiting,
+    choose_channel_downgrade,
     waiting_of,
 )
 from fleetup.agent._config import AgentConfig
@@ -206,9 +207,38 @@ class Agent:
     def device_view(self) -> DeviceView:
         return DeviceView(
             device_id=self.config.device_id or self.store.device_id(), app=self.config.app,
-            platform=self.config.platform, channel=self.config.channel,
+            platform=self.config.platform, channel=self.channel(),
             installed=self.store.installed_version(), kept=self.store.kept_versions(),
             failed=self.store.failed())
+
+    def channel(self) -> str:
+        """The effective channel: set on the device (``agent channel``), else the config's."""
+        return self.store.channel_override() or self.config.channel
+
+    def downgrade(self) -> Outcome:
+        """Install the newest release of this device's channel even if it is older than
+        the installed one: an operator's deliberate choice (``agent channel NAME
+        --downgrade``), signed facts still enforced (:func:`choose_channel_downgrade`).
+
+        Raises:
+            UsageError: the channel has no release this device can install.
+            NetworkError, TrustError: the signed metadata could not be read.
+            StateError: another agent holds the lock.
+        """
+        with self.cycle():
+            resumed = self.resume()
+            if resumed is not None and resumed.result is Result.STOPPED:
+                return resumed
+            device = self.device_view()
+            source = self._lazy_source()
+            decision = choose_channel_downgrade(source.releases(device.app, device.platform),
+                                                device)
+            if isinstance(decision, Install) and decision.facts is not None:
+                return self._run(self._begin_update(device, decision.facts, decision))
+            if isinstance(decision, RollbackTo):
+                return self._run(self._begin_rollback(device.installed, decision.version,
+                                                      decision.reason, blame_installed=False))
+            return Outcome(Result.NOTHING, device.installed, reason=decision.reason)
 
     def _fresh_source(self) -> ReleaseSource:
         """A source refreshed for this cycle (python-tuf refreshes once per Updater)."""
@@ -311,6 +341,9 @@ class Agent:
         else:
             outcome = Outcome(Result.NOTHING, device.installed, reason=decision.reason,
                               waiting=waiting_of(decision))
+            if self.config.keep_days is not None:  # trees age while nothing new comes
+                prune_releases(self.store, self.config.keep, self.config.keep_days,
+                               self.clock())
         if outcome.result is Result.NOTHING and resumed is not None:
             return resumed
         return outcome
@@ -677,7 +710,7 @@ class Agent:
             self.store.clear_failed(j.target or "")
             if j.retire and j.retire != j.target:
                 remove_release(self.store, j.retire)
-            prune_releases(self.store, self.config.keep)
+            prune_releases(self.store, self.config.keep, self.config.keep_days, self.clock())
         if j.state is not State.FAILED:
             clear_downloads(self.store)
         else:
@@ -739,7 +772,10 @@ class Agent:
         body: dict[str, Any] = {
             "app": self.config.app, "device_id": device_id,
             "mode": "fleet" if self.config.fleet_mode else "static",
-            "channel": self.config.channel, "platform": self.config.platform,
+            "channel": self.channel(), "platform": self.config.platform,
+            # "device" when set by `agent channel NAME`, else "config" (the default).
+            "channel_source": "config" if self.store.channel_override() is None
+            else "device",
             "version": self.store.installed_version(), "state": journal.state.value,
             "last_check": saved.get("last_check"), "pending": saved.get("pending"),
             "kept": self.store.kept_versions(),

@@ -42,7 +42,7 @@ from fleetup.agent._config import PolicyConfig
 from fleetup.errors import UsageError
 
 __all__ = ["Decision", "Defer", "DeviceView", "Install", "RollbackTo", "UpToDate", "Waiting",
-           "check_instruction", "choose", "waiting_of"]
+           "check_instruction", "choose", "choose_channel_downgrade", "waiting_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +283,39 @@ def _check_signed_facts(facts: ReleaseFacts, device: DeviceView,
     if installed is not None and facts.parsed_version <= installed:
         raise UsageError(f"{asked}, not newer than the installed {installed}: "
                          "refusing a downgrade the publisher did not sign")
+
+
+def choose_channel_downgrade(releases: Iterable[ReleaseFacts], device: DeviceView
+                             ) -> Decision:
+    """After a channel switch (canary to stable, say), the operator asks on the device
+    for the newest release of the new channel even if it is older than what runs: a
+    downgrade chosen on purpose, which :func:`choose` never makes by itself.
+
+    Only signed facts count: the newest unyanked release of this app and platform signed
+    for ``device.channel`` whose ``min_from`` the installed version meets. Policy (type,
+    window, cohort) does not hold it back: the operator is choosing. A kept tree is a
+    rollback (no download); the installed release itself means nothing to do.
+
+    Raises:
+        UsageError: the channel has no such release.
+    """
+    installed = parse_version(device.installed) if device.installed else None
+    candidates = sorted(
+        (f for f in releases if f.app == device.app and f.platform == device.platform
+         and device.channel in f.channels and not f.yanked
+         and not (f.min_from and installed is not None
+                  and installed < parse_version(f.min_from))),
+        key=lambda f: f.parsed_version)
+    if not candidates:
+        raise UsageError(f"no unyanked release of {device.app} for {device.platform} is "
+                         f"signed for the channel {device.channel}")
+    newest = candidates[-1]
+    why = f"the newest release of the channel {device.channel}, chosen by the operator"
+    if installed is not None and newest.parsed_version == installed:
+        return UpToDate(f"{newest.version} is already the newest of {device.channel}")
+    if newest.version in device.kept:
+        return RollbackTo(why, version=newest.version)
+    return Install(why, facts=newest, on_purpose=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,13 +12,15 @@ one line (:class:`~fleetup.errors.ConfigError`).
     trusted_root = "/etc/fleetup/root.json"
     channel = "stable"
     # platform, device_id, keep = 3, poll_interval = 3600, poll_jitter = 0.1
+    # keep_days = 30  (also prune kept trees not current for that long; never the previous)
     # server_url + enrollment_token (fleet mode), tags = {site = "lab"}
 
     [policy]   auto = ["patch", "minor", "security", "hotfix"], window = "02:00-04:00",
                server_override = false  (fleet mode: may the server skip auto/window?)
                apply = "now" | "next-start" | "manual"  (the daemon: switch at once, or
                stage and switch when it next starts, or only on `agent apply`)
-    [download] timeout, deadline, retries, backoff, max_backoff, bandwidth, deltas
+    [download] timeout, deadline, retries, backoff, max_backoff, bandwidth, deltas,
+               require_https = false, allowed_hosts = []  (every URL fetched, redirects too)
     [process]  command = [...], restart_command = [...], env = {...}, stop_timeout
     [health]   command = [...], url, timeout, startup_grace, crash_loop_restarts, ...
                pre_command = [...]  (before the switch; non-zero holds the update back)
@@ -39,6 +41,7 @@ from typing import Any, TypeVar
 
 from fleetup._facts import check_name, default_platform
 from fleetup._versions import UpdateType
+from fleetup.agent._hosts import HostPolicy
 from fleetup.errors import ConfigError, UsageError
 
 __all__ = [
@@ -121,6 +124,13 @@ class DownloadConfig:
     # (a 1 byte / 20 s trickle must not hold an update for the whole deadline).
     stall_timeout: float = 60.0
     stall_bytes: int = 1024
+    # Which URLs may be fetched at all (see ``_hosts``); off by default.
+    require_https: bool = False
+    allowed_hosts: frozenset[str] = frozenset()
+
+    @property
+    def hosts(self) -> HostPolicy:
+        return HostPolicy(self.require_https, self.allowed_hosts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +199,7 @@ class AgentConfig:
     platform: str = field(default_factory=default_platform)
     device_id: str | None = None
     keep: int = 3
+    keep_days: float | None = None
     poll_interval: float = 3600.0
     poll_jitter: float = 0.1
     server_url: str | None = None
@@ -242,7 +253,7 @@ def _parse(raw: Mapping[str, Any], base: Path, source: Path) -> AgentConfig:
     known = {"app", "root", "trusted_root", "repo_url", "channel", "platform", "device_id",
              "keep", "poll_interval", "poll_jitter", "server_url", "enrollment_token", "tags",
              "policy", "download", "process", "health", "modules", "status_api", "push",
-             "fleet", "log"}
+             "fleet", "log", "keep_days"}
     _no_unknown(raw, known, "")
     app_name = _get(raw, "app", str, required=True)
     repo_url = _opt(raw, "repo_url", str)
@@ -264,7 +275,7 @@ def _parse(raw: Mapping[str, Any], base: Path, source: Path) -> AgentConfig:
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"log.level must be debug, info, warning, error or critical, "
                           f"got {log_level.lower()!r}")
-    return AgentConfig(
+    return _check_hosts(AgentConfig(
         app=app_name,
         root=_path(base, _get(raw, "root", str, required=True)),
         trusted_root=_path(base, _get(raw, "trusted_root", str, required=True)),
@@ -274,6 +285,7 @@ def _parse(raw: Mapping[str, Any], base: Path, source: Path) -> AgentConfig:
         channel=channel, platform=platform,
         device_id=_opt(raw, "device_id", str),
         keep=keep,
+        keep_days=_keep_days(raw),
         poll_interval=_positive(raw, "poll_interval", 3600.0),
         poll_jitter=_get(raw, "poll_jitter", float, 0.1),
         tags=_str_map(raw.get("tags", {}), "tags"),
@@ -288,7 +300,12 @@ def _parse(raw: Mapping[str, Any], base: Path, source: Path) -> AgentConfig:
         log_json=_get(log, "json", bool, False, prefix="log."),
         log_level=log_level,
         source=source,
-    )
+    ))
+
+
+def _keep_days(raw: Mapping[str, Any]) -> float | None:
+    """``keep_days``: absent means no age limit; a limit must be positive."""
+    return _positive(raw, "keep_days", 1.0) if "keep_days" in raw else None
 
 
 def _policy(raw: Mapping[str, Any]) -> PolicyConfig:
@@ -325,7 +342,8 @@ def _types(raw: Mapping[str, Any], key: str, default: frozenset[UpdateType]
 
 def _download(raw: Mapping[str, Any]) -> DownloadConfig:
     _no_unknown(raw, {"timeout", "deadline", "retries", "backoff", "max_backoff",
-                      "bandwidth", "deltas", "stall_timeout", "stall_bytes"}, "download.")
+                      "bandwidth", "deltas", "stall_timeout", "stall_bytes",
+                      "require_https", "allowed_hosts"}, "download.")
     return DownloadConfig(
         timeout=_positive(raw, "timeout", 30.0, "download."),
         deadline=_positive(raw, "deadline", 3600.0, "download."),
@@ -335,7 +353,34 @@ def _download(raw: Mapping[str, Any]) -> DownloadConfig:
         bandwidth=_get(raw, "bandwidth", int, 0, prefix="download."),
         deltas=_get(raw, "deltas", bool, True, prefix="download."),
         stall_timeout=_positive(raw, "stall_timeout", 60.0, "download."),
-        stall_bytes=_get(raw, "stall_bytes", int, 1024, prefix="download."))
+        stall_bytes=_get(raw, "stall_bytes", int, 1024, prefix="download."),
+        require_https=_get(raw, "require_https", bool, False, prefix="download."),
+        allowed_hosts=_host_names(raw.get("allowed_hosts", [])))
+
+
+def _host_names(value: object) -> frozenset[str]:
+    """``[download] allowed_hosts``: host names, or ``*.domain``; no schemes or ports."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError("download.allowed_hosts must be a list of host names")
+    names = frozenset(v.strip().rstrip(".").lower() for v in value)
+    for name in sorted(names):
+        bare = name.removeprefix("*.")
+        if not bare or any(c in bare for c in "/:@*? "):
+            raise ConfigError(f"download.allowed_hosts: {name!r} is not a host name "
+                              "(e.g. \"updates.example.com\" or \"*.example.com\")")
+    return names
+
+
+def _check_hosts(config: AgentConfig) -> AgentConfig:
+    """The config's own URLs must pass its ``[download]`` policy: refused at start, not
+    at the first check hours later."""
+    policy = config.download.hosts
+    for key, url in (("repo_url", config.repo_url), ("server_url", config.server_url),
+                     ("push.url", config.push.url)):
+        why = None if url is None else policy.refusal(url)
+        if why is not None:
+            raise ConfigError(f"{key}: {why}")
+    return config
 
 
 def _process(raw: Mapping[str, Any]) -> ProcessConfig:

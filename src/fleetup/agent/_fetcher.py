@@ -16,7 +16,9 @@ flatten a CDN. This module exists so that every download the agent makes:
 - can be capped in bandwidth (:class:`TokenBucket`) and reports progress.
 
 Transfer failures leave this module only as python-tuf's ``DownloadError`` family (plus
-``OSError`` from the local disk), which is what python-tuf expects of a fetcher;
+``OSError`` from the local disk), which is what python-tuf expects of a fetcher; a URL
+that ``FetchSettings.url_check`` refuses (the device's host policy, checked before every
+request and every redirect hop) leaves as the checker's own error, before any byte is sent;
 ``_trust`` maps those into :mod:`fleetup.errors`, once. Nothing
 here decides what is genuine: a ``.part`` is only ever handed to python-tuf, which
 checks its length and hashes against signed metadata, and it is deleted once python-tuf
@@ -100,6 +102,9 @@ class FetchSettings:
     stall_timeout: float = 60.0
     stall_bytes: int = 1024
     user_agent: str = f"fleetup/{__version__} python-tuf/{tuf.__version__}"
+    # Called with every URL before it is requested, redirect hops included; raises to
+    # refuse it (``[download] require_https`` / ``allowed_hosts``). None: no check.
+    url_check: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
         positive = {"connect_timeout": self.connect_timeout, "read_timeout": self.read_timeout,
@@ -261,6 +266,8 @@ class HttpxFetcher(FetcherInterface):
         self._owns_client = client is None
         self._client = client or httpx.Client(transport=transport, trust_env=True, verify=True,
                                               follow_redirects=True)
+        if self.settings.url_check is not None:
+            _check_every_request(self._client, self.settings.url_check)
         self._clock = clock or time.monotonic
         self._sleep = sleep or time.sleep
         self._rng = rng or random.Random()
@@ -530,6 +537,15 @@ class HttpxFetcher(FetcherInterface):
             cursor.offset = 0
             raise _retryable(f"{url}: the server sent another range than asked for",
                              immediate=True)
+
+
+def _check_every_request(client: httpx.Client, check: Callable[[str], None]) -> None:
+    """Run ``check`` on each request ``client`` sends: httpx calls request hooks once per
+    hop of a redirect chain (at most ``max_redirects``), before the hop is sent."""
+    def hook(request: httpx.Request) -> None:
+        check(str(request.url))
+
+    client.event_hooks["request"].append(hook)
 
 
 def _contiguous(chunks: Iterator[tuple[int, bytes]]) -> Iterator[bytes]:

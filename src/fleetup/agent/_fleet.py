@@ -70,12 +70,16 @@ class FleetClient:
         self.config = config
         self.store = store
         # No idle connections: each exchange connects anew, so _Deadline sees its socket
-        # (a check-in every few minutes gains nothing from keep-alive).
+        # (a check-in every few minutes gains nothing from keep-alive). No redirects are
+        # followed; each request still passes the [download] host policy.
+        hosts = config.download.hosts
         self.http = httpx.Client(base_url=config.server_url + "api/v1/", transport=transport,
                                  timeout=httpx.Timeout(min(config.download.timeout,
                                                            config.fleet.deadline)),
                                  limits=httpx.Limits(max_keepalive_connections=0),
-                                 headers={"User-Agent": "fleetup-agent"})
+                                 headers={"User-Agent": "fleetup-agent"},
+                                 event_hooks={"request": [lambda r: hosts.check(str(r.url))]}
+                                 if hosts.active else None)
         self.retry_after: float | None = None
 
     @property
@@ -101,7 +105,8 @@ class FleetClient:
         answer = self._post("devices/enroll", {
             "enrollment_token": self.config.enrollment_token, "device_id": self.device_id(),
             "app": self.config.app, "platform": self.config.platform,
-            "channel": self.config.channel, "tags": dict(self.config.tags)}, auth=False)
+            "channel": self.store.channel_override() or self.config.channel,
+            "tags": dict(self.config.tags)}, auth=False)
         token = str(answer["device_token"])
         self.store.ensure()
         atomic_write(self._token_file, json.dumps({

@@ -11,10 +11,16 @@ updates by a leftover it cannot delete).
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fleetup._facts import ReleaseFacts
 from fleetup._treewriter import remove_tree
+from fleetup.agent._retention import (
+    ages_from_history,
+    previous_from_history,
+    releases_to_prune,
+)
 from fleetup.agent._store import DeviceStore
 from fleetup.errors import FleetupError
 
@@ -67,19 +73,37 @@ def remove_release(store: DeviceStore, version: str) -> None:
     discard_tree(store.layout.release_dir(version))
 
 
-def prune_releases(store: DeviceStore, keep: int) -> list[str]:
-    """Keep ``current`` and the newest other releases, ``keep`` in all; remove the rest.
+def prune_releases(store: DeviceStore, keep: int, keep_days: float | None = None,
+                   now: datetime | None = None) -> list[str]:
+    """Keep ``current`` and the newest other releases, ``keep`` in all, and (with
+    ``keep_days``) none that stopped being current longer ago than that, except the
+    release before the current one (see ``_retention``). Removes the rest.
 
     Returns the versions removed.
     """
     installed = store.installed_version()
-    others = [v for v in store.kept_versions() if v != installed]
-    budget = max(0, keep - (1 if installed else 0))
-    doomed = others[:-budget] if budget else others
+    kept = store.kept_versions()
+    history = store.history() if keep_days is not None else []
+    ages = ages_from_history(history, now or datetime.now(UTC))
+    doomed = releases_to_prune(kept, current=installed, keep=keep, keep_days=keep_days,
+                               previous=_previous(history, installed, kept), ages=ages)
     for version in doomed:
         remove_release(store, version)
-        log.info("removed kept release %s (keep = %d)", version, keep)
+        age = f", {ages[version]:.1f} days since it ran" if version in ages else ""
+        log.info("removed kept release %s (keep = %d, keep_days = %s%s)", version, keep,
+                 "off" if keep_days is None else f"{keep_days:g}", age)
     return doomed
+
+
+def _previous(history: list[dict[str, object]], installed: str | None,
+              kept: list[str]) -> str | None:
+    """The release before the current one: from the history, else the newest older kept
+    tree (what ``rollback`` would go back to)."""
+    previous = previous_from_history(history, installed)
+    if previous is not None or installed is None:
+        return previous
+    older = kept[:kept.index(installed)] if installed in kept else []  # kept: oldest first
+    return older[-1] if older else None
 
 
 def clear_downloads(store: DeviceStore, keep_partial: bool = False) -> None:

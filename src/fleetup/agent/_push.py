@@ -33,6 +33,7 @@ class PushListener:
                  rng: random.Random | None = None) -> None:
         if config.push.url is None:
             raise ValueError("push is not configured")
+        config.download.hosts.check(config.push.url)  # also checked at config load
         self.url = config.push.url
         self.subject = subject(config.app, config.channel)
         self.jitter = config.push.jitter

@@ -242,6 +242,31 @@ class DeviceStore:
         atomic_write(path, value.encode() + b"\n", mode=0o600)
         return value
 
+    # -- the channel chosen on the device (``agent channel NAME``) ---------------------
+
+    @property
+    def _channel_file(self) -> Path:
+        return self.layout.state / "channel.json"
+
+    def channel_override(self) -> str | None:
+        """The channel set on the device, overriding the config file's; ``None``: none.
+
+        Raises:
+            StateError: the file is corrupt.
+        """
+        value = self._read_json(self._channel_file, {}).get("channel")
+        return value if isinstance(value, str) and value else None
+
+    def save_channel_override(self, channel: str | None) -> None:
+        """Set (or with ``None`` drop) the device's channel, durably."""
+        if channel is None:
+            with contextlib.suppress(FileNotFoundError):
+                self._channel_file.unlink()
+            return
+        self.ensure()
+        atomic_write(self._channel_file, json.dumps({"channel": channel}).encode(),
+                     mode=0o600)
+
     def load_status(self) -> dict[str, Any]:
         return self._read_json(self.layout.state / "status.json", {})
 

@@ -177,7 +177,8 @@ def fetch_settings(download: DownloadConfig) -> FetchSettings:
         deadline=download.deadline, max_attempts=download.retries + 1,
         backoff_base=download.backoff, backoff_cap=download.max_backoff,
         rate_limit=download.bandwidth or None, stall_timeout=download.stall_timeout,
-        stall_bytes=download.stall_bytes)
+        stall_bytes=download.stall_bytes,
+        url_check=download.hosts.check if download.hosts.active else None)
 
 
 # -- the Updater set-up --------------------------------------------------------------

@@ -316,3 +316,59 @@ def verify(ctx: click.Context, repair: bool, as_json: bool) -> None:
             for path in damage[:20]:
                 result(f"    {path}")
     ctx.exit(EXIT_DAMAGED if report.damaged else 0)
+
+
+@agent.command()
+@click.argument("name", required=False)
+@click.option("--downgrade", is_flag=True,
+              help="Then install the newest release of NAME even if it is older than the "
+                   "installed one.")
+@click.option("--reset", is_flag=True, help="Drop the device's choice: the config's channel.")
+@json_option
+@click.pass_context
+def channel(ctx: click.Context, name: str | None, downgrade: bool, reset: bool,
+            as_json: bool) -> None:
+    """Show or set this device's channel (kept under ROOT/.fleetup/, over the config's).
+
+    Switching channel installs nothing older by itself: newer releases of the new channel
+    come as usual; --downgrade installs its newest release now, even an older one.
+    Exit 0 done, 20 installed but rolled back, 1 error.
+    """
+    from fleetup._facts import check_name
+    from fleetup.errors import UsageError
+
+    config = _config(ctx)
+    _setup_logs(config, ctx)
+    if name is not None and reset:
+        raise UsageError("give a channel NAME or --reset, not both")
+    agent_ = _make_agent(config)
+    with _logged("channel"):
+        if name is not None:
+            agent_.store.save_channel_override(check_name("channel", name))
+        elif reset:
+            agent_.store.save_channel_override(None)
+        outcome = agent_.downgrade() if downgrade else None
+    _report_channel(ctx, agent_, outcome, as_json)
+
+
+def _report_channel(ctx: click.Context, agent_: Agent, outcome: Any, as_json: bool) -> None:
+    from fleetup.agent._agent import Result
+
+    source = "device" if agent_.store.channel_override() else "config"
+    body: dict[str, Any] = {"channel": agent_.channel(), "source": source,
+                            "config_channel": agent_.config.channel}
+    code = 0
+    if outcome is not None:
+        body["result"] = {"result": outcome.result.value, "version": outcome.version,
+                          "target": outcome.target, "reason": outcome.reason}
+        code = {Result.ROLLED_BACK: EXIT_ROLLED_BACK, Result.FAILED: 1,
+                Result.STOPPED: 1}.get(outcome.result, 0)
+    if as_json:
+        emit_json(body)
+    else:
+        where = "set on this device" if source == "device" else "from the config file"
+        result(f"channel {body['channel']} ({where})")
+        if outcome is not None:
+            result(f"{outcome.result.value}: {outcome.target or outcome.version or ''} "
+                   f"({outcome.reason})")
+    ctx.exit(code)
