@@ -6,7 +6,9 @@ up at their next cache refresh (``cache_seconds``).
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Any
+
+from fastapi import APIRouter
 
 from fleetup.server._flags import delete_flag, list_flags, scope_of, set_flag
 from fleetup.server._schemas import FlagPublic, FlagSet, Name
@@ -33,13 +35,13 @@ def put(app: Name, name: str, body: FlagSet, session: SessionDep, fleet: FleetDe
     return FlagPublic.model_validate(row)
 
 
-@router.delete("/{app}/{name}", status_code=204)
+@router.delete("/{app}/{name}")
 def delete(app: Name, name: str, session: SessionDep, fleet: FleetDep, operator: AdminDep,
            channel: str | None = None, group: str | None = None,
-           device: str | None = None) -> Response:
+           device: str | None = None) -> dict[str, Any]:
     """Remove one value (the query names its scope; none: the default)."""
     scope, key = scope_of(channel, group, device)
     delete_flag(session, app=app, name=name, scope=scope, key=key, actor=operator.actor)
     session.commit()
     fleet.changed()
-    return Response(status_code=204)
+    return {"app": app, "name": name, "scope": scope, "scope_key": key, "removed": True}
