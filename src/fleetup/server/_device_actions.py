@@ -98,7 +98,8 @@ def remove_device(session: Session, *, device_id: str, actor: str) -> tuple[Devi
 def rollback_device(session: Session, *, device_id: str, to: str | None, actor: str
                     ) -> tuple[Device, str]:
     """Order this device alone back to ``to`` (``None``: the version it ran before), one
-    the device reports it keeps; the order ends when it runs that version.
+    the device reports it keeps; the order ends when it runs that version, and no
+    rollout offers it the version it left again until it is pinned or unpinned.
 
     Raises:
         ServerAPIError: 404 no such device; 409 removed, pinned, nothing to go back to,
@@ -116,7 +117,8 @@ def rollback_device(session: Session, *, device_id: str, to: str | None, actor: 
         kept = ", ".join(map(str, device.kept or [])) or "none"
         raise ServerAPIError(f"device {device_id} does not keep {target} (it keeps: {kept})",
                              "version_not_kept", 409)
-    device.rollback_to = None if target == device.version else target
+    if target != device.version:
+        device.rollback_to, device.rolled_back_from = target, device.version
     _crud.add_audit(session, actor=actor, action="device.rollback",
                     target=f"device:{device.id}", details={"from": device.version, "to": target})
     return device, _reload_everywhere(session, device)
@@ -137,7 +139,8 @@ def pin_device(session: Session, *, device_id: str, version: str, actor: str
     if known is None:
         raise ServerAPIError(f"the server has no release {version} of {device.app} for "
                              f"{device.platform}", "unknown_release", 404)
-    before, device.pinned_version, device.rollback_to = device.pinned_version, version, None
+    before, device.pinned_version = device.pinned_version, version
+    device.rollback_to = device.rolled_back_from = None  # the operator's newer word
     _crud.add_audit(session, actor=actor, action="device.pin", target=f"device:{device.id}",
                     details={"from": before, "to": version, "running": device.version})
     return device, _reload_everywhere(session, device)
@@ -152,6 +155,7 @@ def unpin_device(session: Session, *, device_id: str, actor: str) -> tuple[Devic
     """
     device = _active(session, device_id)
     before, device.pinned_version = device.pinned_version, None
+    device.rolled_back_from = None  # rollouts reach it again, with any version
     _crud.add_audit(session, actor=actor, action="device.unpin",
                     target=f"device:{device.id}", details={"was": before})
     return device, _reload_everywhere(session, device)

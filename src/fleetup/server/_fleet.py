@@ -106,6 +106,7 @@ class DeviceEntry:
     # ``fleetup device rollback|pin``, and the kept releases last written.
     rollback_to: str | None = None
     pinned: str | None = None
+    rolled_back_from: str | None = None
     kept: frozenset[str] | None = None
 
     @classmethod
@@ -118,7 +119,7 @@ class DeviceEntry:
                    check_soon=asked is not None and (row.last_seen is None
                                                      or asked > row.last_seen),
                    cohort_key=row.cohort_key, rollback_to=row.rollback_to,
-                   pinned=row.pinned_version,
+                   pinned=row.pinned_version, rolled_back_from=row.rolled_back_from,
                    kept=None if row.kept is None else frozenset(map(str, row.kept)))
 
 
@@ -226,7 +227,8 @@ class Fleet:
         view = DeviceView(device.id, request.app, request.platform, channel,
                           request.version, request.tags, frozenset(request.failed),
                           device.previous_version, device.cohort_key,
-                          rollback_to=device.rollback_to, pinned=device.pinned)
+                          rollback_to=device.rollback_to, pinned=device.pinned,
+                          rolled_back_from=device.rolled_back_from)
         decision = decide(view, self.offers.get(request.app, ()))
         if decision.action is Action.INSTALL and decision.rollout_id is not None:
             self._offered(decision.rollout_id, device, request.app)

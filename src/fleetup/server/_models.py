@@ -155,6 +155,9 @@ class Device(Base):
     kept: Mapped[list[Any] | None] = mapped_column(default=None)
     rollback_to: Mapped[str | None] = mapped_column(String(100), default=None)
     pinned_version: Mapped[str | None] = mapped_column(String(100), default=None)
+    # The version a one-device rollback left: no rollout offers it to the device again
+    # (until an operator pins or unpins it), so the rollback holds.
+    rolled_back_from: Mapped[str | None] = mapped_column(String(100), default=None)
 
 
 class RevokedToken(Base):

@@ -238,6 +238,7 @@ class DeviceView:
     # An operator's word on this device alone (``fleetup device rollback|pin``).
     rollback_to: str | None = None
     pinned: str | None = None
+    rolled_back_from: str | None = None  # withdrawn from it by a one-device rollback
 
     @property
     def cohort_source(self) -> str:
@@ -380,6 +381,10 @@ def decide(device: DeviceView, offers: Sequence[Offer]) -> Decision:
             withdrawn.setdefault(r.version, r.id)
             first_reason = first_reason or (f"rollout {r.id} was aborted: {r.version} "
                                             "withdrawn from this device")
+            continue
+        if r.version == device.rolled_back_from:
+            first_reason = first_reason or (f"an operator rolled this device back from "
+                                            f"{r.version}")
             continue
         if r.version in withdrawn:
             first_reason = first_reason or (f"{r.version} was withdrawn from this device by "

@@ -282,6 +282,7 @@ class DevicePublic(BaseModel):
     kept: list[str] | None = None
     rollback_to: str | None = None
     pinned_version: str | None = None
+    rolled_back_from: str | None = None
 
 
 class DeviceRollback(BaseModel):

@@ -22,6 +22,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("kept", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("rollback_to", sa.String(100), nullable=True))
         batch.add_column(sa.Column("pinned_version", sa.String(100), nullable=True))
+        batch.add_column(sa.Column("rolled_back_from", sa.String(100), nullable=True))
     op.create_table(
         "feature_flags",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -39,6 +40,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("feature_flags")
     with op.batch_alter_table("devices") as batch:
+        batch.drop_column("rolled_back_from")
         batch.drop_column("pinned_version")
         batch.drop_column("rollback_to")
         batch.drop_column("kept")
