@@ -98,7 +98,7 @@ class CheckinAction(enum.StrEnum):
 CHECKIN_FIELDS = ("device_id", "app", "platform", "channel", "tags", "version", "state",
                   "kept", "failed")
 ANSWER_FIELDS = ("action", "version", "target", "rollout_id", "reason",
-                 "next_check_seconds")
+                 "next_check_seconds", "flags")
 EVENT_FIELDS = ("id", "type", "at", "version", "from_version", "update_id", "rollout_id",
                 "reason", "details")
 

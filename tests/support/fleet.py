@@ -181,6 +181,7 @@ class SimDevice:
     version: str | None = None
     token: str = ""
     failed: list[str] = field(default_factory=list)
+    kept: list[str] | None = None  # the releases it reports keeping (None: its version)
     acknowledged: list[str] = field(default_factory=list)  # event ids the server took
 
     def _post(self, path: str, body: Mapping[str, Any]) -> httpx.Response:
@@ -201,7 +202,9 @@ class SimDevice:
         response = self._post("checkin", {
             "device_id": self.device_id, "app": self.app, "platform": self.platform,
             "channel": self.channel, "tags": self.tags, "version": self.version,
-            "state": "idle", "kept": [self.version] if self.version else [],
+            "state": "idle",
+            "kept": self.kept if self.kept is not None else [self.version] if self.version
+            else [],
             "failed": self.failed})
         assert response.status_code == 200, response.text
         body: dict[str, Any] = response.json()

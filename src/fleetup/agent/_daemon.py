@@ -108,6 +108,7 @@ class Daemon:
                 if self.supervisor is not None:
                     self._poll_app()
                 if self.modules is not None and now >= next_tick and not self._busy():
+                    self.modules.deliver_flags(self.agent.store.load_flags())
                     self.modules.tick()
                     next_tick = now + config.modules.tick_interval
                 self.stop.wait(0.2)

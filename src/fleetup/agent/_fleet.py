@@ -37,6 +37,7 @@ from fleetup.agent._choice import (
 )
 from fleetup.agent._config import AgentConfig
 from fleetup.agent._director import RUNNING_YANKED, AgentEvent, ReleaseSource
+from fleetup.agent._flags import clean_flags
 from fleetup.agent._store import DeviceStore
 from fleetup.errors import (
     ConfigError,
@@ -287,6 +288,7 @@ class FleetDirector:
             "version": device.installed, "state": journal_state.value,
             "kept": list(device.kept), "failed": sorted(device.failed)})
         self._next = float(answer.get("next_check_seconds") or self.config.poll_interval)
+        self._keep_flags(answer.get("flags"))
         self.rollout_id = rollout_id_of(answer.get("rollout_id"))
         action, version = answer.get("action"), answer.get("version")
         if action not in ("install", "rollback") or not isinstance(version, str):
@@ -301,6 +303,17 @@ class FleetDirector:
             self.sink.emit(AgentEvent("error", version=version, from_version=device.installed,
                                       rollout_id=self.rollout_id, reason=str(e)))
             return self._unless_yanked(device, source, now, UpToDate(str(e)))
+
+    def _keep_flags(self, value: object) -> None:
+        """Hand the server's feature flags to the app (when they changed); they play no
+        part in what is installed."""
+        flags = clean_flags(value)
+        if flags is None:
+            if value is not None:
+                log.warning("ignoring malformed feature flags from the fleet server")
+            return
+        if flags != self.client.store.load_flags():
+            self.client.store.save_flags(flags)
 
     def _unless_yanked(self, device: DeviceView, source: ReleaseSource, now: datetime,
                        decision: Decision) -> Decision:

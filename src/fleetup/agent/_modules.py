@@ -4,14 +4,16 @@ Modules live in the installed release (``current/modules/*.py``) or are installe
 Python packages registering an entry point in the group ``fleetup.modules``. The daemon
 loads them after start and after every switch (unloading the old ones first): ``init``
 and ``run`` once on load, ``tick`` every ``tick_interval`` seconds, ``cleanup`` on
-unload. Every hook may be missing. A hook that raises or runs past ``hook_timeout``
-disables its module (logged, with the reason); the agent and the other modules go on.
-Modules see the same ``FLEETUP_*`` environment variables as the app.
+unload, ``on_flags(flags)`` with the fleet server's feature flags when they change
+(at the next tick, and after a load). Every hook may be missing. A hook that raises
+or runs past ``hook_timeout`` disables its module (logged, with the reason); the agent
+and the other modules go on. Modules see the same ``FLEETUP_*`` environment variables as the app.
 Hooks run in a worker thread so a stuck one cannot stall the agent.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.machinery
 import importlib.metadata
 import importlib.util
@@ -28,7 +30,7 @@ __all__ = ["LoadedModule", "ModuleHost"]
 
 log = logging.getLogger("fleetup.modules")
 
-HOOKS = ("init", "run", "tick", "cleanup")
+HOOKS = ("init", "run", "tick", "cleanup", "on_flags")
 ENTRY_POINT_GROUP = "fleetup.modules"
 
 
@@ -55,6 +57,7 @@ class ModuleHost:
         self.load_entry_points = load_entry_points
         self.modules: list[LoadedModule] = []
         self._generation = 0
+        self._delivered: tuple[int, list[tuple[str, object]]] | None = None
 
     def load(self) -> None:
         """Unload what is loaded, then load and ``init``/``run`` the current modules."""
@@ -82,6 +85,17 @@ class ModuleHost:
     def tick(self) -> None:
         for loaded in self.modules:
             self._call(loaded, "tick")
+
+    def deliver_flags(self, flags: Mapping[str, object]) -> None:
+        """Call ``on_flags(flags)`` of each module that has it, when the flags changed
+        since they were last delivered or the modules were loaded anew (each gets a copy:
+        one module's change is not another's input)."""
+        key = (self._generation, sorted(flags.items()))
+        if key == self._delivered:
+            return
+        self._delivered = key
+        for loaded in self.modules:
+            self._call(loaded, "on_flags", args=(dict(flags),))
 
     def unload(self) -> None:
         """``cleanup`` every initialized module, then forget them all."""
@@ -124,7 +138,8 @@ class ModuleHost:
             self._disable(loaded, "import", e)
         return loaded
 
-    def _call(self, loaded: LoadedModule, hook: str, even_if_disabled: bool = False) -> bool:
+    def _call(self, loaded: LoadedModule, hook: str, even_if_disabled: bool = False,
+              args: tuple[object, ...] = ()) -> bool:
         if loaded.module is None or not (loaded.enabled or even_if_disabled):
             return False
         function = getattr(loaded.module, hook, None)
@@ -133,7 +148,7 @@ class ModuleHost:
         if not callable(function):
             self._disable(loaded, hook, TypeError(f"{hook} is not callable"))
             return False
-        error = _run_with_timeout(function, self.hook_timeout)
+        error = _run_with_timeout(functools.partial(function, *args), self.hook_timeout)
         loaded.calls[hook] = loaded.calls.get(hook, 0) + 1
         if error is not None:
             self._disable(loaded, hook, error)

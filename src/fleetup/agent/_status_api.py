@@ -127,6 +127,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, agent.history())
         elif route == _PREFIX + "backups":
             self._send(HTTPStatus.OK, _backups(self.daemon))
+        elif route == _PREFIX + "flags":  # the fleet server's feature flags, for the app
+            self._send(HTTPStatus.OK, agent.store.load_flags())
         else:
             self._error(HTTPStatus.NOT_FOUND, "not-found", f"no such endpoint: {route}")
 

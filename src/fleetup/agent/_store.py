@@ -275,6 +275,15 @@ class DeviceStore:
                      json.dumps(dict(status), indent=1, sort_keys=True, default=str).encode(),
                      mode=0o600)
 
+    def load_flags(self) -> dict[str, Any]:
+        """The feature flags last delivered by the fleet server (``{}``: none)."""
+        return self._read_json(self.layout.state / "flags.json", {})
+
+    def save_flags(self, flags: Mapping[str, Any]) -> None:
+        """Keep the flags for the app, which reads them as the same user (not secret)."""
+        atomic_write(self.layout.state / "flags.json",
+                     json.dumps(dict(flags), indent=1, sort_keys=True).encode(), mode=0o644)
+
     # -- installed trees -------------------------------------------------------------
 
     def installed_version(self) -> str | None:

@@ -74,7 +74,7 @@ def show(device_id: str, server: str, events: int, as_json: bool) -> None:
         emit_json({**info, "events": history["data"], "event_count": history["count"]})
         return
     for key in ("id", "app", "version", "previous_version", "platform", "state",
-                "enrolled_at", "last_seen", "removed_at"):
+                "enrolled_at", "last_seen", "removed_at", "pinned_version", "rollback_to"):
         if info.get(key) is not None:
             out().print(f"{key.replace('_', ' ')}: {info[key]}", markup=False)
     out().print(f"channel: {_channel(info)}", markup=False)
@@ -126,3 +126,38 @@ def remove(device_id: str, server: str, as_json: bool) -> None:
     """Revoke the device's token; its record and history stay (enroll to come back)."""
     _act(server, "POST", _path(device_id, "remove"), as_json,
          f"removed {device_id}: its token no longer works, its history is kept")
+
+
+@device.command("rollback")
+@click.argument("device_id")
+@click.option("--to", "to", default=None, metavar="VERSION",
+              help="A version the device keeps (default: the one it ran before).")
+@_server_option
+@json_option
+def rollback(device_id: str, to: str | None, server: str, as_json: bool) -> None:
+    """Roll this device alone back to a version it keeps; its next check-in answer
+    orders it, until it runs that version (refused if the device does not keep it)."""
+    _act(server, "POST", _path(device_id, "rollback"), as_json,
+         f"{device_id} is told to roll back to {to or 'its previous version'}",
+         json={"to": to})
+
+
+@device.command("pin")
+@click.argument("device_id")
+@click.option("--version", "version", required=True, help="A release the server has.")
+@_server_option
+@json_option
+def pin(device_id: str, version: str, server: str, as_json: bool) -> None:
+    """Leave the device out of rollouts and have it run VERSION until unpinned (the
+    agent still installs only what the signed metadata allows)."""
+    _act(server, "POST", _path(device_id, "pin"), as_json,
+         f"{device_id} is pinned to {version}", json={"version": version})
+
+
+@device.command("unpin")
+@click.argument("device_id")
+@_server_option
+@json_option
+def unpin(device_id: str, server: str, as_json: bool) -> None:
+    """Let rollouts reach the device again."""
+    _act(server, "POST", _path(device_id, "unpin"), as_json, f"{device_id} is unpinned")

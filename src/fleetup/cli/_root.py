@@ -21,6 +21,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "rollout": ("fleetup.cli._rollout", "rollout", "Staged rollouts on a fleet server."),
     "device": ("fleetup.cli._device", "device", "Devices on a fleet server, one at a time."),
     "alert": ("fleetup.cli._alert", "alert", "Alerts on a fleet server."),
+    "flag": ("fleetup.cli._flag", "flag", "Feature flags of an app on a fleet server."),
     "demo": ("fleetup.cli._demo", "demo", "The whole story: a fleet updated, a bad release "
              "stopped."),
 }
@@ -59,5 +60,6 @@ class LazyGroup(click.Group):
 def cli(debug: bool) -> None:
     """fleetup keeps software up to date on machines nobody sits in front of.
 
-    Publisher: repo, release, keys. Device: agent. Fleet: server, admin, rollout, device, alert.
+    Publisher: repo, release, keys. Device: agent.
+    Fleet: server, admin, rollout, device, alert, flag.
     """

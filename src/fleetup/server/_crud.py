@@ -280,7 +280,7 @@ def list_groups(session: Session, *, app: str | None = None) -> list[tuple[str, 
 
 
 _REPORTED = ("last_seen", "version", "previous_version", "state")
-_PROFILE = ("app", "platform", "channel", "tags")
+_PROFILE = ("app", "platform", "channel", "tags", "kept")
 
 
 def flush_checkins(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -298,8 +298,14 @@ def flush_checkins(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> No
         if chosen:
             statement = (update(table).where(table.c.id == bindparam("device_id"))
                          .values({c: bindparam(c) for c in columns}))
-            session.execute(statement, [{"device_id": r["id"], **{c: r[c] for c in columns}}
+            session.execute(statement, [{"device_id": r["id"], **{c: r.get(c) for c in columns}}
                                         for r in chosen])
+    done = [{"device_id": r["id"], "done": r["version"]} for r in rows
+            if r.get("profile_changed") and r.get("rollback_to", "") is None]
+    if done:  # one-device rollback orders the device has carried out
+        session.execute(update(table).where(table.c.id == bindparam("device_id"),
+                                            table.c.rollback_to == bindparam("done"))
+                        .values(rollback_to=None), done)
 
 
 def record_offers(session: Session, *, offers: Sequence[Mapping[str, Any]]) -> None:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import secrets
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleetup.errors import ServerAPIError
 from fleetup.server import _crud
 from fleetup.server._auth import hash_token
-from fleetup.server._models import Device, RevokedToken, utcnow
+from fleetup.server._models import Device, Release, RevokedToken, utcnow
 
-__all__ = ["move_device", "remove_device", "request_check"]
+__all__ = ["move_device", "pin_device", "remove_device", "request_check", "rollback_device",
+           "unpin_device"]
 
 
 def _active(session: Session, device_id: str) -> Device:
@@ -91,3 +93,69 @@ def remove_device(session: Session, *, device_id: str, actor: str) -> tuple[Devi
     _crud.add_audit(session, actor=actor, action="device.remove",
                     target=f"device:{device.id}", details={"version": device.version})
     return device, old
+
+
+def rollback_device(session: Session, *, device_id: str, to: str | None, actor: str
+                    ) -> tuple[Device, str]:
+    """Order this device alone back to ``to`` (``None``: the version it ran before), one
+    the device reports it keeps; the order ends when it runs that version, and no
+    rollout offers it the version it left again until it is pinned or unpinned.
+
+    Raises:
+        ServerAPIError: 404 no such device; 409 removed, pinned, nothing to go back to,
+            or the device does not report that version as kept.
+    """
+    device = _active(session, device_id)
+    target = to or device.previous_version
+    if device.pinned_version is not None:
+        raise ServerAPIError(f"device {device_id} is pinned to {device.pinned_version}: "
+                             "pin it to the version instead", "device_pinned", 409)
+    if target is None:
+        raise ServerAPIError(f"device {device_id} reports no earlier version",
+                             "nothing_to_roll_back_to", 409)
+    if target not in (device.kept or []):
+        kept = ", ".join(map(str, device.kept or [])) or "none"
+        raise ServerAPIError(f"device {device_id} does not keep {target} (it keeps: {kept})",
+                             "version_not_kept", 409)
+    if target != device.version:
+        device.rollback_to, device.rolled_back_from = target, device.version
+    _crud.add_audit(session, actor=actor, action="device.rollback",
+                    target=f"device:{device.id}", details={"from": device.version, "to": target})
+    return device, _reload_everywhere(session, device)
+
+
+def pin_device(session: Session, *, device_id: str, version: str, actor: str
+               ) -> tuple[Device, str]:
+    """Leave the device out of rollouts and tell it to run ``version`` (a release the
+    server has for its app and platform; the agent still checks the signed facts).
+
+    Raises:
+        ServerAPIError: 404 no such device or release; 409 the device was removed.
+    """
+    device = _active(session, device_id)
+    known = session.scalars(select(Release.id).where(
+        Release.app == device.app, Release.version == version,
+        Release.platform == device.platform)).first()
+    if known is None:
+        raise ServerAPIError(f"the server has no release {version} of {device.app} for "
+                             f"{device.platform}", "unknown_release", 404)
+    before, device.pinned_version = device.pinned_version, version
+    device.rollback_to = device.rolled_back_from = None  # the operator's newer word
+    _crud.add_audit(session, actor=actor, action="device.pin", target=f"device:{device.id}",
+                    details={"from": before, "to": version, "running": device.version})
+    return device, _reload_everywhere(session, device)
+
+
+def unpin_device(session: Session, *, device_id: str, actor: str) -> tuple[Device, str]:
+    """Let rollouts reach the device again (unpinning an unpinned device changes nothing
+    but is audited all the same).
+
+    Raises:
+        ServerAPIError: 404 no such device; 409 the device was removed.
+    """
+    device = _active(session, device_id)
+    before, device.pinned_version = device.pinned_version, None
+    device.rolled_back_from = None  # rollouts reach it again, with any version
+    _crud.add_audit(session, actor=actor, action="device.unpin",
+                    target=f"device:{device.id}", details={"was": before})
+    return device, _reload_everywhere(session, device)

@@ -47,6 +47,7 @@ from fleetup.errors import FleetupError, ServerAPIError
 from fleetup.server import _crud
 from fleetup.server._auth import TokenKind, hash_token
 from fleetup.server._background import cancel_all, every, when_woken
+from fleetup.server._flags import FlagValue, load_flags, resolve
 from fleetup.server._models import Device, utcnow
 from fleetup.server._operations import apply_rollout_event
 from fleetup.server._push import Pusher, PushState, push_changes, push_state
@@ -102,6 +103,11 @@ class DeviceEntry:
     channel_override: str | None = None
     check_soon: bool = False
     cohort_key: str | None = None
+    # ``fleetup device rollback|pin``, and the kept releases last written.
+    rollback_to: str | None = None
+    pinned: str | None = None
+    rolled_back_from: str | None = None
+    kept: frozenset[str] | None = None
 
     @classmethod
     def of(cls, row: Device) -> DeviceEntry:
@@ -112,7 +118,9 @@ class DeviceEntry:
                    channel_override=row.channel_override,
                    check_soon=asked is not None and (row.last_seen is None
                                                      or asked > row.last_seen),
-                   cohort_key=row.cohort_key)
+                   cohort_key=row.cohort_key, rollback_to=row.rollback_to,
+                   pinned=row.pinned_version, rolled_back_from=row.rolled_back_from,
+                   kept=None if row.kept is None else frozenset(map(str, row.kept)))
 
 
 class Fleet:
@@ -127,6 +135,7 @@ class Fleet:
         self.clock = clock
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.offers: dict[str, list[Offer]] = {}
+        self.flags: dict[str, list[FlagValue]] = {}
         self.pending: dict[str, dict[str, Any]] = {}
         # Install answers given since the last flush, per (rollout id, device id).
         self.pending_offers: dict[tuple[int, str], dict[str, Any]] = {}
@@ -204,20 +213,29 @@ class Fleet:
             device.version = request.version
         profile = (request.app, request.platform, request.channel,
                    frozenset(request.tags.items()))
-        changed = profile != device.profile
-        device.profile = profile
+        kept = frozenset(request.kept)
+        changed = profile != device.profile or kept != device.kept
+        device.profile, device.kept = profile, kept
+        if device.rollback_to is not None and device.rollback_to == request.version:
+            device.rollback_to = None  # the order is done; the flush clears the row
+            changed = True
         now = time.monotonic()
         quiet = not (moved or changed or request.state != device.state)
         if not quiet or now - device.queued_at >= self.settings.last_seen_resolution:
             self._queue(device, request, changed, now)
-        view = DeviceView(device.id, request.app, request.platform,
-                          device.channel_override or request.channel,
+        channel = device.channel_override or request.channel
+        view = DeviceView(device.id, request.app, request.platform, channel,
                           request.version, request.tags, frozenset(request.failed),
-                          device.previous_version, device.cohort_key)
+                          device.previous_version, device.cohort_key,
+                          rollback_to=device.rollback_to, pinned=device.pinned,
+                          rolled_back_from=device.rolled_back_from)
         decision = decide(view, self.offers.get(request.app, ()))
         if decision.action is Action.INSTALL and decision.rollout_id is not None:
             self._offered(decision.rollout_id, device, request.app)
         answer = self._response(decision)
+        # Configuration for the app, beside the decision and never part of it.
+        answer.flags = resolve(self.flags.get(request.app, ()), device_id=device.id,
+                               channel=channel, tags=request.tags)
         if device.check_soon:  # asked for by an operator: once, then the usual interval
             device.check_soon = False
             answer.next_check_seconds = min(answer.next_check_seconds, CHECK_SOON_SECONDS)
@@ -251,6 +269,7 @@ class Fleet:
             "id": device.id, "app": request.app, "platform": request.platform,
             "channel": request.channel, "tags": dict(request.tags),
             "version": request.version, "previous_version": device.previous_version,
+            "kept": sorted(request.kept), "rollback_to": device.rollback_to,
             "state": request.state, "last_seen": self.clock(),
             "profile_changed": changed or bool(previous and previous["profile_changed"])}
 
@@ -345,8 +364,8 @@ class Fleet:
             session.commit()
 
     async def refresh(self) -> None:
-        offers, revoked = await asyncio.to_thread(self._load_caches)
-        self.offers = offers
+        offers, revoked, flags = await asyncio.to_thread(self._load_caches)
+        self.offers, self.flags = offers, flags
         if self.pusher is not None:
             state = push_state(offers)
             if self._pushed is not None and self._leading:
@@ -357,12 +376,14 @@ class Fleet:
             if entry is not None and self._token_of.get(entry.id) == digest:
                 del self._token_of[entry.id]
 
-    def _load_caches(self) -> tuple[dict[str, list[Offer]], list[str]]:
+    def _load_caches(self) -> tuple[dict[str, list[Offer]], list[str],
+                                    dict[str, list[FlagValue]]]:
         # Replaced tokens of the last minute, every time: a revocation committed late
         # (clock skew, a slow transaction) is still seen, and dropping twice is harmless.
         since = utcnow() - timedelta(seconds=60)
         with self.sessions() as session:
-            return _crud.load_offers(session), _crud.revoked_since(session, since=since)
+            return (_crud.load_offers(session), _crud.revoked_since(session, since=since),
+                    load_flags(session))
 
     async def evaluate(self) -> None:
         if await asyncio.to_thread(self.evaluate_rollouts):

@@ -39,6 +39,7 @@ __all__ = [
     "Device",
     "EnrollmentToken",
     "Event",
+    "FeatureFlag",
     "Lease",
     "OperatorToken",
     "Release",
@@ -148,6 +149,15 @@ class Device(Base):
     # Made by the server at the first enrolment and kept: cohorts hash this, not the
     # id the device chose (a chosen id could pick its own cohort).
     cohort_key: Mapped[str | None] = mapped_column(String(64), default=new_cohort_key)
+    # ``fleetup device rollback|pin``: the releases the device last reported it keeps
+    # (a rollback may only go to one of them); a one-device rollback order, ended when
+    # the device runs that version; a pin (left out of rollouts, told to run it).
+    kept: Mapped[list[Any] | None] = mapped_column(default=None)
+    rollback_to: Mapped[str | None] = mapped_column(String(100), default=None)
+    pinned_version: Mapped[str | None] = mapped_column(String(100), default=None)
+    # The version a one-device rollback left: no rollout offers it to the device again
+    # (until an operator pins or unpins it), so the rollback holds.
+    rolled_back_from: Mapped[str | None] = mapped_column(String(100), default=None)
 
 
 class RevokedToken(Base):
@@ -263,6 +273,24 @@ class RolloutOffer(Base):
     stage_index: Mapped[int] = mapped_column(Integer)
     from_version: Mapped[str | None] = mapped_column(String(100), default=None)
     offered_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FeatureFlag(Base):
+    """One value of an app's feature flag for one scope: ``default`` (key ``""``),
+    ``channel`` (a channel name), ``group`` (``tag=value``) or ``device`` (an id).
+    Configuration for the app, never a say in what is installed."""
+
+    __tablename__ = "feature_flags"
+    __table_args__ = (UniqueConstraint("app", "name", "scope", "scope_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app: Mapped[str] = mapped_column(String(100), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    scope: Mapped[str] = mapped_column(String(20))
+    scope_key: Mapped[str] = mapped_column(String(200), default="")
+    value: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"value": scalar}
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(200), default="")
 
 
 class AuditEntry(Base):

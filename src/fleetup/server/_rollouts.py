@@ -235,6 +235,10 @@ class DeviceView:
     previous_version: str | None = None
     # The server-made key cohorts hash (``Device.cohort_key``); the id if there is none.
     cohort_key: str | None = None
+    # An operator's word on this device alone (``fleetup device rollback|pin``).
+    rollback_to: str | None = None
+    pinned: str | None = None
+    rolled_back_from: str | None = None  # withdrawn from it by a one-device rollback
 
     @property
     def cohort_source(self) -> str:
@@ -331,8 +335,26 @@ def _in_scope(device: DeviceView, r: RolloutPlan) -> bool:
             and matches_group(device.tags, r.group))
 
 
+def _operator_order(device: DeviceView) -> Decision | None:
+    """An order for this device alone, which no rollout overrides: go back to a kept
+    version (until it runs it), or run the pinned version and nothing else."""
+    path = functools.partial(release_target_path, device.app, device.platform)
+    if device.rollback_to and device.rollback_to != device.version:
+        return Decision(Action.ROLLBACK, f"an operator rolled this device back to "
+                        f"{device.rollback_to}", device.rollback_to, path(device.rollback_to))
+    if device.pinned is None:
+        return None
+    if device.pinned != device.version:
+        return Decision(Action.INSTALL, f"pinned to {device.pinned}", device.pinned,
+                        path(device.pinned))
+    return Decision(Action.NONE, f"pinned to {device.pinned}: left out of rollouts")
+
+
 def decide(device: DeviceView, offers: Sequence[Offer]) -> Decision:
     """What ``device`` should do, given every rollout of its app (any order).
+
+    An operator's order for the device alone comes first (:func:`_operator_order`): a
+    pinned device is left out of every rollout.
 
     Newest first, the first rollout of the device's channel with something to say wins;
     a device outside the current stage (or under a paused rollout) gets what an older
@@ -341,6 +363,8 @@ def decide(device: DeviceView, offers: Sequence[Offer]) -> Decision:
     rollback order no longer applies), and a device an aborted rollout sent back from
     a version is not offered that version by an older rollout.
     """
+    if (order := _operator_order(device)) is not None:
+        return order
     mine = sorted((o for o in offers if o.rollout.app == device.app
                    and o.rollout.channel == device.channel),
                   key=lambda o: o.rollout.id, reverse=True)
@@ -357,6 +381,10 @@ def decide(device: DeviceView, offers: Sequence[Offer]) -> Decision:
             withdrawn.setdefault(r.version, r.id)
             first_reason = first_reason or (f"rollout {r.id} was aborted: {r.version} "
                                             "withdrawn from this device")
+            continue
+        if r.version == device.rolled_back_from:
+            first_reason = first_reason or (f"an operator rolled this device back from "
+                                            f"{r.version}")
             continue
         if r.version in withdrawn:
             first_reason = first_reason or (f"{r.version} was withdrawn from this device by "

@@ -210,6 +210,8 @@ class CheckinResponse(BaseModel):
     rollout_id: int | None = None
     reason: str = ""
     next_check_seconds: int
+    # Feature flags for the app: configuration, never a say in what is installed.
+    flags: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
 MAX_DETAILS_BYTES = 4096
@@ -275,6 +277,44 @@ class DevicePublic(BaseModel):
     channel_override: str | None = None
     check_requested_at: datetime | None = None
     removed_at: datetime | None = None
+    kept: list[str] | None = None
+    rollback_to: str | None = None
+    pinned_version: str | None = None
+    rolled_back_from: str | None = None
+
+
+class DeviceRollback(BaseModel):
+    """``POST /devices/{id}/rollback``: a kept version (``null``: its previous one)."""
+
+    to: VersionStr | None = None
+
+
+class DevicePin(BaseModel):
+    """``POST /devices/{id}/pin``: a version the server has for the device's app."""
+
+    version: VersionStr
+
+
+class FlagSet(BaseModel):
+    """``PUT /flags/{app}/{name}``: a value for the default, a channel, a group
+    (``TAG=VALUE``) or a device (at most one of the three)."""
+
+    value: str | int | float | bool
+    channel: Annotated[str, StringConstraints(max_length=200)] | None = None
+    group: Annotated[str, StringConstraints(max_length=200)] | None = None
+    device: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+class FlagPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    app: str
+    name: str
+    scope: str
+    scope_key: str
+    value: dict[str, Any]
+    updated_at: datetime
+    updated_by: str
 
 
 class DeviceMove(BaseModel):

@@ -67,3 +67,24 @@ def test_a_refused_instruction_still_leaves_a_yanked_release(tmp_path: Path) -> 
                                NOW)
     assert isinstance(decision, RollbackTo)
     assert decision.version == "1.0"
+
+
+def test_flags_are_kept_for_the_app_and_choose_nothing(tmp_path: Path) -> None:
+    """The answer's flags land in ``.fleetup/flags.json``; flags named like install
+    fields change no decision; malformed flags (nested, too long) keep the old ones."""
+    config = AgentConfig(app="hello", root=tmp_path, trusted_root=tmp_path / "root.json",
+                         server_url="http://fleet.invalid/", enrollment_token="e",
+                         platform="linux-x86_64")
+    answer: dict[str, Any] = {"action": "none", "flags": {
+        "color": "blue", "version": "1.2", "action": "install", "target": "x"}}
+    director, _ = fleet_parts(config, _server(answer, []))
+    source = _Source([rel("1.1"), rel("1.2")])
+    decision = director.decide(device("1.1"), source, NOW)  # type: ignore[arg-type]
+    assert not isinstance(decision, RollbackTo)
+    assert getattr(decision, "version", None) is None, decision
+    stored = json.loads((tmp_path / ".fleetup" / "flags.json").read_text())
+    assert stored == answer["flags"]
+    for bad in ({"nested": {"a": 1}}, {"long": "x" * 1001}, ["a"], {"1bad": 1}):
+        answer["flags"] = bad
+        director.decide(device("1.1"), source, NOW)  # type: ignore[arg-type]
+        assert director.client.store.load_flags() == stored

@@ -298,3 +298,28 @@ def test_entry_point_modules(releases: Releases, hosts: list[ModuleHost],
     assert state == {"stdlib_json": (True, "entry point json"),
                      "not_a_module": (False, "entry point json:dumps"),
                      "missing": (False, "entry point no_such_pkg_x")}
+
+
+def test_flags_reach_on_flags_when_they_change(releases: Releases,
+                                               hosts: list[ModuleHost]) -> None:
+    """``on_flags(flags)`` gets the fleet server's feature flags once per change, and
+    again after a reload (new modules must learn them); modules without it are fine."""
+    source = "\n".join([f"LOG = {str(releases.log)!r}", "",
+                        "def on_flags(flags):",
+                        "    with open(LOG, 'a') as f:",
+                        "        f.write(repr(sorted(flags.items())) + '\\n')",
+                        "    flags['mine'] = 1  # a copy: changes nothing elsewhere", ""])
+    releases.add("1.0", {"a.py": source, "b.py": module_source(releases.log, "b")})
+    releases.switch("1.0")
+    host = host_for(hosts, releases)
+    host.load()
+    flags = {"color": "blue", "beta": True}
+    host.deliver_flags(flags)
+    host.deliver_flags(dict(flags))
+    host.deliver_flags({"color": "red"})
+    host.load()
+    host.deliver_flags({"color": "red"})
+    assert [line for line in releases.lines() if line.startswith("[")] == [
+        "[('beta', True), ('color', 'blue')]", "[('color', 'red')]", "[('color', 'red')]"]
+    assert flags == {"color": "blue", "beta": True}
+    assert all(m.enabled for m in host.modules)

@@ -101,6 +101,13 @@ def test_status_history_and_backups(served: Served) -> None:
     assert all(b["size"] > 0 for b in backups)
 
 
+def test_flags_of_the_fleet_server(served: Served) -> None:
+    """The flags the agent kept from the fleet server, for the app (none yet: ``{}``)."""
+    assert served.client.get(f"{PREFIX}/flags").json() == {}
+    served.daemon.agent.store.save_flags({"color": "blue", "limit": 3})
+    assert served.client.get(f"{PREFIX}/flags").json() == {"color": "blue", "limit": 3}
+
+
 def test_check(served: Served) -> None:
     response = served.client.post(f"{PREFIX}/check")
     assert response.status_code == 200

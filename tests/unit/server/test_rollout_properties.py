@@ -5,7 +5,8 @@ loads, the operators' changes) on SQLite.
 Whatever the sequence, no device outside a rollout's targets gets its install order,
 no device the rollout did not offer its release to gets its rollback order, and once
 the operators stop, every device converges: a few rounds later nobody is told to do
-anything (no install/rollback loop). Pins do not exist yet, so none are drawn.
+anything (no install/rollback loop). Devices are pinned and unpinned at random too: a
+pinned device never gets a rollout's order, only "run the pinned version".
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from fleetup.errors import ServerAPIError
+from fleetup.server._device_actions import pin_device, unpin_device
 from fleetup.server._fleet import DeviceEntry, Fleet
 from fleetup.server._models import Base, Channel, Device, Release, Rollout, RolloutOffer
 from fleetup.server._operations import change_rollout, start_rollout
@@ -61,7 +63,10 @@ class World:
                 device_id=device_id, app="hello", platform=PLATFORM,
                 tags=self.tags[device_id], version=version,
                 kept=[version] if version else []))
-            if answer.action != "none":
+            if entry.pinned is not None:
+                assert answer.rollout_id is None, f"pinned {device_id} got {answer}"
+                assert answer.version in (None, entry.pinned), (device_id, answer)
+            elif answer.action != "none":
                 self.check_order(device_id, answer.action, answer.rollout_id)
                 orders.append((device_id, answer.action, answer.rollout_id, answer.version))
                 self.devices[device_id] = answer.version
@@ -106,7 +111,15 @@ def operate(world: World, op: tuple[str, int, int]) -> None:
     kind, a, b = op
     with world.session() as session:
         try:
-            if kind == "start":
+            if kind in ("pin", "unpin"):
+                device_id = f"dev-{b % len(world.devices)}"
+                if kind == "pin":
+                    pin_device(session, device_id=device_id, version=("1.0", *VERSIONS)[a % 3],
+                               actor="test")
+                else:
+                    unpin_device(session, device_id=device_id, actor="test")
+                session.commit()
+            elif kind == "start":
                 spec = RolloutCreate(app="hello", version=VERSIONS[a // 2], stages=[
                     [100.0], [50.0, 100.0]][a % 2], group=GROUPS[b])
                 start_rollout(session, spec=spec, actor="test")
@@ -122,19 +135,25 @@ def operate(world: World, op: tuple[str, int, int]) -> None:
 
 
 # (what, a, b): start 1.1 (a < 2) or 1.2 in one stage or two (a % 2) for group b; the
-# changes act on the newest rollout (on another when a == 3); an abort rolls back if b.
+# changes act on the newest rollout (on another when a == 3); an abort rolls back if b;
+# pin device b to 1.0, 1.1 or 1.2 (a % 3), or unpin it.
 ops = st.lists(st.tuples(st.sampled_from(["start", "start", "abort", "abort", "pause",
-                                          "resume", "advance", "checkin", "checkin"]),
+                                          "resume", "advance", "checkin", "checkin",
+                                          "pin", "unpin"]),
                          st.integers(0, 3), st.integers(0, 2)), max_size=12)
 # The reproduction of issue 11 §1: a lab rollout aborted with rollback, then 1.1 to all.
 ISSUE = [("start", 0, 1), ("checkin", 0, 0), ("abort", 0, 1), ("checkin", 0, 0),
          ("start", 0, 0), ("checkin", 0, 0)]
+# A pinned device under a rollout to all, then unpinned.
+PINNED = [("pin", 0, 0), ("start", 0, 0), ("checkin", 0, 0), ("pin", 1, 1), ("checkin", 0, 0),
+          ("unpin", 0, 0), ("checkin", 0, 0)]
 fleets = st.lists(st.sampled_from(GROUPS[1:]), min_size=2, max_size=6)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(tags=fleets, script=ops)
 @example(tags=[GROUPS[1]] * 3 + [GROUPS[2]] * 3, script=ISSUE)
+@example(tags=[GROUPS[1]] * 3, script=PINNED)
 def test_orders_stay_in_their_rollout_and_devices_converge(tags: list[dict[str, str]],
                                                             script: list[tuple[str, int, int]]
                                                             ) -> None:

@@ -10,6 +10,7 @@ from fleetup.server.routes import (
     channels,
     device_actions,
     devices,
+    flags,
     releases,
     rollouts,
     tokens,
@@ -25,3 +26,4 @@ api_router = APIRouter(responses=_ERRORS, dependencies=[Depends(no_nul_in_url)])
 for module in (devices, releases, rollouts, channels, tokens, audit, analytics, alerts):
     api_router.include_router(module.router)
 api_router.include_router(device_actions.router)
+api_router.include_router(flags.router)

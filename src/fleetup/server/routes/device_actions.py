@@ -1,4 +1,4 @@
-"""An operator's actions on one device (admin): move, check now, remove.
+"""An operator's actions on one device (admin): move, check now, remove, roll back, pin.
 
 Reading devices (viewer) stays in ``devices``. Every action is audited, and each
 process's token cache drops the device so its next check-in sees the change.
@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from fleetup.server._device_actions import move_device, remove_device, request_check
+from fleetup.server._device_actions import (
+    move_device,
+    pin_device,
+    remove_device,
+    request_check,
+    rollback_device,
+    unpin_device,
+)
 from fleetup.server._models import Device
-from fleetup.server._schemas import DeviceMove, DevicePublic
+from fleetup.server._schemas import DeviceMove, DevicePin, DevicePublic, DeviceRollback
 from fleetup.server.deps import AdminDep, FleetDep, SessionDep
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -62,4 +69,30 @@ def remove(device_id: str, session: SessionDep, fleet: FleetDep,
     """Revoke the device's token (it must enroll again to come back); its record and
     history stay."""
     device, key = remove_device(session, device_id=device_id, actor=operator.actor)
+    return _done(session, fleet, device, key)
+
+
+@router.post("/{device_id}/rollback", response_model=DevicePublic)
+def rollback(device_id: str, body: DeviceRollback, session: SessionDep, fleet: FleetDep,
+             operator: AdminDep) -> DevicePublic:
+    """Order this device alone back to a version it keeps (409 if it keeps none such)."""
+    device, key = rollback_device(session, device_id=device_id, to=body.to,
+                                  actor=operator.actor)
+    return _done(session, fleet, device, key)
+
+
+@router.post("/{device_id}/pin", response_model=DevicePublic)
+def pin(device_id: str, body: DevicePin, session: SessionDep, fleet: FleetDep,
+        operator: AdminDep) -> DevicePublic:
+    """Leave the device out of rollouts and have it run ``version``."""
+    device, key = pin_device(session, device_id=device_id, version=body.version,
+                             actor=operator.actor)
+    return _done(session, fleet, device, key)
+
+
+@router.post("/{device_id}/unpin", response_model=DevicePublic)
+def unpin(device_id: str, session: SessionDep, fleet: FleetDep,
+          operator: AdminDep) -> DevicePublic:
+    """Let rollouts reach the device again."""
+    device, key = unpin_device(session, device_id=device_id, actor=operator.actor)
     return _done(session, fleet, device, key)
