@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from fleetup.errors import ServerAPIError
+from fleetup.server import _notify
 from fleetup.server._auth import Role, TokenKind, hash_token, new_token, reset_hash, same_hash
 from fleetup.server._models import (
     AuditEntry,
@@ -427,6 +428,11 @@ def update_rollout(session: Session, *, rollout_id: int, seen_revision: int,
         return False
     add_audit(session, actor=actor, action=action, target=f"rollout:{rollout_id}",
               details={**(details or {}), **{k: _plain(v) for k, v in values.items()}}, at=now)
+    if values.get("state") in ("paused", "completed"):
+        # The mail is recorded with the change: a pause applied once is mailed once.
+        row = session.get(Rollout, rollout_id, populate_existing=True)
+        notice = _notify.rollout_changed(row) if row is not None else None
+        _notify.enqueue(session, [notice] if notice else [], now=now)
     session.commit()
     return True
 

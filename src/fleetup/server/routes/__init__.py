@@ -10,6 +10,7 @@ from fleetup.server.routes import (
     channels,
     device_actions,
     devices,
+    notifications,
     releases,
     rollouts,
     tokens,
@@ -22,6 +23,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 503)}
 
 api_router = APIRouter(responses=_ERRORS, dependencies=[Depends(no_nul_in_url)])
-for module in (devices, releases, rollouts, channels, tokens, audit, analytics, alerts):
+for module in (devices, releases, rollouts, channels, tokens, audit, analytics, alerts,
+               notifications):
     api_router.include_router(module.router)
 api_router.include_router(device_actions.router)
