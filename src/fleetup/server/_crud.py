@@ -45,6 +45,7 @@ from fleetup.server._store import StoredRelease
 __all__ = [
     "acquire_lease",
     "add_audit",
+    "audit_actions",
     "create_channel",
     "create_enrollment_token",
     "create_operator_token",
@@ -105,9 +106,28 @@ def add_audit(session: Session, *, actor: str, action: str, target: str = "",
                            details=dict(details or {}), at=at or utcnow()))
 
 
-def list_audit(session: Session, *, limit: int, offset: int) -> tuple[list[AuditEntry], int]:
+def list_audit(session: Session, *, limit: int, offset: int, actor: str | None = None,
+               action: str | None = None, since: datetime | None = None,
+               until: datetime | None = None) -> tuple[list[AuditEntry], int]:
+    """Newest first; ``actor`` matches a part of it, ``action`` exactly or, ending in
+    ``.``, as a prefix; ``since`` included, ``until`` excluded."""
     query = select(AuditEntry).order_by(AuditEntry.id.desc())
+    if actor:
+        query = query.where(AuditEntry.actor.contains(actor, autoescape=True))
+    if action:
+        query = query.where(AuditEntry.action.startswith(action, autoescape=True)
+                            if action.endswith(".") else AuditEntry.action == action)
+    if since:
+        query = query.where(AuditEntry.at >= since)
+    if until:
+        query = query.where(AuditEntry.at < until)
     return _page(session, query, limit=limit, offset=offset)
+
+
+def audit_actions(session: Session) -> list[str]:
+    """The actions recorded so far (for a filter's choices)."""
+    return list(session.scalars(select(AuditEntry.action).distinct()
+                                .order_by(AuditEntry.action).limit(200)))
 
 
 def _page(session: Session, query: Select[Any], *, limit: int, offset: int
