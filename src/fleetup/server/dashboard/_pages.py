@@ -358,7 +358,8 @@ def _progress_chart(session: SessionDep, row: Rollout) -> Any:
     counts = version_timeline(initial, [(at, d, v or "(none)") for at, d, _, v, _ in events
                                         if d in initial], times)
     palette = tuple(f"v{i}" for i in range(6))
-    return line_chart([t.strftime("%H:%M") for t in times],
+    shown = "%H:%M:%S" if span < 3600 else "%H:%M" if span < 86400 else "%m-%d %H:%M"
+    return line_chart([t.strftime(shown) for t in times],
                       [(v, palette[i % len(palette)], [float(c) for c in series])
                        for i, (v, series) in enumerate(counts.items())],
                       y_max=nice_ceiling(float(len(initial))), percent=False, label_every=6)
