@@ -44,6 +44,9 @@ per evaluation round or per retry. The pieces:
   ``webhook_max_attempts``, after which it is ``failed`` (visible in the API and the
   dashboard). Pending rows survive restarts: they are in the database.
 
+  E-mail notifications (``_notify``) are rows of the same outbox with transport
+  ``email``: claimed, retried and given up on by this same loop, sent over SMTP.
+
   So each alert is sent to its webhook once, across receiver downtime, restarts and
   several processes — with one exception no sender can close: a process that dies
   after the receiver answered 2xx but before it recorded so sends again once its claim
@@ -73,7 +76,7 @@ from sqlalchemy.orm import Session
 from fleetup._protocol import INTEGRITY_EVENTS, ROLLBACK_EVENTS, YANKED_EVENTS
 from fleetup._version import __version__
 from fleetup.errors import ServerAPIError
-from fleetup.server import _crud
+from fleetup.server import _crud, _notify
 from fleetup.server._analytics import (
     ChannelTarget,
     DeviceRow,
@@ -421,6 +424,9 @@ def record_firings(session: Session, *, firings: Sequence[Firing],
                 state=DeliveryState.PENDING.value, attempts=0, next_attempt_at=now,
                 last_error="", created_at=now))
     session.flush()
+    new_alerts = [session.get(Alert, i) for i in created]
+    _notify.enqueue(session, [_notify.alert_opened(a) for a in new_alerts if a is not None],
+                    now=now)
     return created
 
 
@@ -434,6 +440,7 @@ class Claimed:
     idempotency_key: str
     payload: dict[str, Any]
     attempts: int
+    transport: str = "webhook"
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,7 +476,7 @@ def claim_due(session: Session, *, holder: str, now: datetime, hold: timedelta,
         row = session.get(AlertDelivery, delivery_id)
         assert row is not None
         claimed.append(Claimed(row.id, row.url, row.secret, row.idempotency_key,
-                               dict(row.payload), row.attempts))
+                               dict(row.payload), row.attempts, row.transport))
     return claimed
 
 
@@ -518,7 +525,7 @@ def deliveries_of(session: Session, *, alert_ids: Iterable[int]
     if ids:
         for row in session.scalars(select(AlertDelivery).where(AlertDelivery.alert_id.in_(ids))
                                    .order_by(AlertDelivery.id)):
-            found[row.alert_id].append(row)
+            found[row.alert_id or 0].append(row)  # never 0: the query asks for these ids
     return found
 
 
@@ -682,7 +689,8 @@ class AlertService:
         attempts were made."""
         # Long enough to send and record; a process killed meanwhile holds its rows no
         # longer than this before another one retries them.
-        hold = timedelta(seconds=2 * self.settings.webhook_timeout_seconds + 1)
+        hold = timedelta(seconds=2 * max(self.settings.webhook_timeout_seconds,
+                                         self.settings.smtp_timeout_seconds) + 1)
         claimed = await asyncio.to_thread(self._claim, hold)
         if not claimed:
             return 0
@@ -696,6 +704,10 @@ class AlertService:
                              hold=hold)
 
     async def _send(self, claimed: Claimed) -> Sent:
+        if claimed.transport == _notify.EMAIL:
+            mailed = await asyncio.to_thread(_notify.send_email, self.settings, claimed.payload,
+                                             idempotency_key=claimed.idempotency_key)
+            return Sent(claimed, mailed.ok, mailed.status, mailed.error)
         assert self._client is not None
         body = encode_body(claimed.payload)
         headers = {"Content-Type": "application/json",
@@ -724,7 +736,7 @@ class AlertService:
                         attempts, base=s.webhook_backoff_seconds,
                         cap=s.webhook_backoff_max_seconds, rand=self._rand()))
                 if not sent.ok:
-                    log.warning("webhook delivery %d (attempt %d) failed: %s",
-                                sent.claimed.id, attempts, sent.error)
+                    log.warning("%s delivery %d (attempt %d) failed: %s",
+                                sent.claimed.transport, sent.claimed.id, attempts, sent.error)
                 finish_delivery(session, sent=sent, holder=self.fleet.holder, now=now,
                                 retry_at=retry_at)

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from fleetup._protocol import OUTCOME_EVENTS
 from fleetup.errors import ServerAPIError
+from fleetup.server import _notify
 from fleetup.server._auth import Role, TokenKind, hash_token, new_token, reset_hash, same_hash
 from fleetup.server._models import (
     AuditEntry,
@@ -44,6 +45,7 @@ from fleetup.server._store import StoredRelease
 __all__ = [
     "acquire_lease",
     "add_audit",
+    "audit_actions",
     "create_channel",
     "create_enrollment_token",
     "create_operator_token",
@@ -106,9 +108,28 @@ def add_audit(session: Session, *, actor: str, action: str, target: str = "",
                            details=dict(details or {}), at=at or utcnow()))
 
 
-def list_audit(session: Session, *, limit: int, offset: int) -> tuple[list[AuditEntry], int]:
+def list_audit(session: Session, *, limit: int, offset: int, actor: str | None = None,
+               action: str | None = None, since: datetime | None = None,
+               until: datetime | None = None) -> tuple[list[AuditEntry], int]:
+    """Newest first; ``actor`` matches a part of it, ``action`` exactly or, ending in
+    ``.``, as a prefix; ``since`` included, ``until`` excluded."""
     query = select(AuditEntry).order_by(AuditEntry.id.desc())
+    if actor:
+        query = query.where(AuditEntry.actor.contains(actor, autoescape=True))
+    if action:
+        query = query.where(AuditEntry.action.startswith(action, autoescape=True)
+                            if action.endswith(".") else AuditEntry.action == action)
+    if since:
+        query = query.where(AuditEntry.at >= since)
+    if until:
+        query = query.where(AuditEntry.at < until)
     return _page(session, query, limit=limit, offset=offset)
+
+
+def audit_actions(session: Session) -> list[str]:
+    """The actions recorded so far (for a filter's choices)."""
+    return list(session.scalars(select(AuditEntry.action).distinct()
+                                .order_by(AuditEntry.action).limit(200)))
 
 
 def _page(session: Session, query: Select[Any], *, limit: int, offset: int
@@ -454,6 +475,11 @@ def update_rollout(session: Session, *, rollout_id: int, seen_revision: int,
         return False
     add_audit(session, actor=actor, action=action, target=f"rollout:{rollout_id}",
               details={**(details or {}), **{k: _plain(v) for k, v in values.items()}}, at=now)
+    if values.get("state") in ("paused", "completed"):
+        # The mail is recorded with the change: a pause applied once is mailed once.
+        row = session.get(Rollout, rollout_id, populate_existing=True)
+        notice = _notify.rollout_changed(row) if row is not None else None
+        _notify.enqueue(session, [notice] if notice else [], now=now)
     session.commit()
     return True
 

@@ -119,7 +119,8 @@ class _DatabaseCollector(Collector):
                 open_alerts = session.scalar(select(func.count()).select_from(Alert).where(
                     Alert.acknowledged_at.is_(None)))
                 deliveries = {state: int(count) for state, count in session.execute(
-                    select(AlertDelivery.state, func.count()).group_by(AlertDelivery.state))}
+                    select(AlertDelivery.state, func.count())
+                    .where(AlertDelivery.transport == "webhook").group_by(AlertDelivery.state))}
         except SQLAlchemyError as e:
             log.warning("metrics: the database is unavailable: %s", e)
             return

@@ -41,6 +41,7 @@ __all__ = [
     "Event",
     "FeatureFlag",
     "Lease",
+    "NotificationSubscription",
     "OperatorToken",
     "Release",
     "RevokedToken",
@@ -367,7 +368,12 @@ class AlertDelivery(Base):
     __table_args__ = (Index("ix_alert_deliveries_due", "state", "next_attempt_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    alert_id: Mapped[int] = mapped_column(Integer, index=True)
+    # ``None`` for a notification not about an alert (a rollout paused, a release pushed).
+    alert_id: Mapped[int | None] = mapped_column(Integer, index=True, default=None)
+    # ``webhook`` (a POST to ``url``) or ``email`` (``payload`` holds recipients, subject
+    # and text; ``url`` is ``mailto:`` and the recipients, for people reading the row).
+    transport: Mapped[str] = mapped_column(String(20), default="webhook")
+    event: Mapped[str] = mapped_column(String(40), default="alert.opened")
     url: Mapped[str] = mapped_column(String(2000))
     secret: Mapped[str] = mapped_column(String(200), default="")
     idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
@@ -381,6 +387,22 @@ class AlertDelivery(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class NotificationSubscription(Base):
+    """Who gets e-mail (``recipients``) about which events (``events``, names from
+    ``_notify.NotifyEvent``), optionally for one app only."""
+
+    __tablename__ = "notification_subscriptions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    recipients: Mapped[list[Any]] = mapped_column()
+    events: Mapped[list[Any]] = mapped_column()
+    app: Mapped[str | None] = mapped_column(String(100), default=None)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(100), default="")
 
 
 class DashboardSession(Base):

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from fleetup._cohort import cohort_of
 from fleetup.errors import ServerAPIError, UsageError
-from fleetup.server import _crud
+from fleetup.server import _crud, _notify
 from fleetup.server._models import Release, Rollout, utcnow
 from fleetup.server._rollouts import (
     DeviceView,
@@ -75,6 +75,7 @@ def push_release(session: Session, store: ReleaseStore, *, targets: bytes,
     """
     with _spooled(store, uploads) as files:
         outcome = store.accept_push(targets, roots, files, release=release)
+    known = {(r.app, r.version) for r in _crud.list_releases(session)}
     rows = _crud.record_releases(session, releases=outcome.releases,
                                  targets_version=outcome.targets_version)
     # Rows are written even when the store had everything: a push whose store commit
@@ -87,6 +88,10 @@ def push_release(session: Session, store: ReleaseStore, *, targets: bytes,
                     details={"stored_files": outcome.stored_files,
                              "releases": sorted({f"{r.facts.app} {r.facts.version}"
                                                  for r in outcome.releases})})
+    _notify.enqueue(session, [_notify.release_pushed(app, version, outcome.targets_version)
+                              for app, version in sorted({(r.facts.app, r.facts.version)
+                                                          for r in outcome.releases} - known)],
+                    now=utcnow())
     session.commit()
     return outcome, rows
 

@@ -64,6 +64,11 @@ __all__ = [
     "GroupPublic",
     "GroupsPublic",
     "HourRatesPublic",
+    "NotificationCreate",
+    "NotificationDeliveriesPublic",
+    "NotificationDeliveryPublic",
+    "NotificationPublic",
+    "NotificationsPublic",
     "PercentilesPublic",
     "PushResult",
     "RatesPublic",
@@ -763,6 +768,8 @@ class AlertDeliveryPublic(BaseModel):
     idempotency_key: str
     created_at: datetime
     delivered_at: datetime | None
+    transport: Literal["webhook", "email"] = "webhook"
+    event: str = "alert.opened"
 
 
 class AlertPublic(BaseModel):
@@ -785,4 +792,52 @@ class AlertPublic(BaseModel):
 
 class AlertsPublic(BaseModel):
     data: list[AlertPublic]
+    count: int
+
+
+# -- e-mail notifications -------------------------------------------------------------
+
+# One address, no display name: nothing that could start a second recipient or header.
+EmailAddress = Annotated[str, StringConstraints(
+    max_length=254, pattern=r"^[^@\s,;<>()\"\\]+@[A-Za-z0-9.-]+$")]
+NotifyEventName = Literal["rollout.paused", "rollout.completed", "alert.opened",
+                          "release.pushed"]
+
+
+class NotificationCreate(_NoNul):
+    """An e-mail subscription: these recipients hear of these events (of one app, or
+    of all with ``app`` unset)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: RuleName
+    recipients: Annotated[list[EmailAddress], Field(min_length=1, max_length=20)]
+    events: Annotated[list[NotifyEventName], Field(min_length=1, max_length=4)]
+    app: Name | None = None
+    enabled: bool = True
+
+
+class NotificationPublic(NotificationCreate):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    created_at: datetime
+    created_by: str
+
+
+class NotificationsPublic(BaseModel):
+    data: list[NotificationPublic]
+    count: int
+
+
+class NotificationDeliveryPublic(AlertDeliveryPublic):
+    """One e-mail in the outbox: to whom, about what, and how sending it went."""
+
+    alert_id: int | None
+    to: list[str]
+    subject: str
+
+
+class NotificationDeliveriesPublic(BaseModel):
+    data: list[NotificationDeliveryPublic]
     count: int

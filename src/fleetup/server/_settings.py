@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "sqlite_url"]
@@ -65,6 +65,16 @@ class Settings(BaseSettings):
     webhook_backoff_seconds: float = Field(default=2.0, gt=0)
     webhook_backoff_max_seconds: float = Field(default=3600.0, gt=0)
     webhook_max_attempts: int = Field(default=30, ge=1)
+    # E-mail notifications (``_notify``), sent through the alert outbox (so retried like
+    # webhooks): an SMTP server (empty host: e-mail is not sent, rows wait and say why),
+    # the sender, STARTTLS, and a login read from FLEETUP_SERVER_SMTP_USERNAME/_PASSWORD.
+    smtp_host: str = ""
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_from: str = "fleetup@localhost"
+    smtp_starttls: bool = False
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
     # Dashboard sign-ins last this long.
     session_hours: float = Field(default=12.0, gt=0)
     # Request bodies (bytes): over its route's cap a body is refused (413) before it is

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from fleetup.repository import ReleaseRequest, add_release
 from tests.integration.server.conftest import Fleet, build_fleet
-from tests.support.fleet import ROOT, SimDevice, wait_for
+from tests.support.fleet import PLATFORM, ROOT, SimDevice, wait_for
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Page
@@ -35,13 +36,19 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, in
     """A fleet with an active rollout on stable (devices that installed it, one that
     failed) and another on beta: (fleet, stable rollout id, beta rollout id)."""
     base = tmp_path_factory.mktemp("dashboard")
-    fleet = build_fleet(base, f"sqlite:///{base / 'data' / 'fleetup.db'}")
+    fleet = build_fleet(base, f"sqlite:///{base / 'data' / 'fleetup.db'}",
+                        env={"FLEETUP_SERVER_ALERT_TICK_SECONDS": "0.3"})
     try:
         assert fleet.push("1.1") == 0
+        # Signed for beta too: a rollout on beta needs a release signed for it.
+        add_release(fleet.repo, ReleaseRequest(src=_tree(fleet.work, "1.3"), app="hello",
+                                               version="1.3", platform=PLATFORM,
+                                               channels=("stable", "beta")))
+        assert fleet.push("1.3") == 0
         stable = [fleet.device(version="1.0", tags={"site": f"s{i % 2}"}) for i in range(8)]
         beta = [fleet.device(version="1.0", channel="beta") for _ in range(3)]
-        ids = [_start(fleet, channel, stages) for channel, stages in
-               (("stable", [100]), ("beta", [50, 100]))]
+        ids = [_start(fleet, channel, stages, version) for channel, stages, version in
+               (("stable", [100], "1.1"), ("beta", [50, 100], "1.3"))]
         wait_for(lambda: stable[0].checkin()["action"] == "install", what="the offers")
         for number, device in enumerate(stable[:5]):
             # Offered first: only offered devices count towards the rollout's health.
@@ -64,9 +71,16 @@ def _api(fleet: Fleet, method: str, path: str, role: str = "admin", **kwargs: An
         return response.json()
 
 
-def _start(fleet: Fleet, channel: str, stages: list[float]) -> int:
+def _tree(work: Path, version: str) -> Path:
+    src = work / f"src-hello-{version}"
+    src.mkdir(parents=True)
+    (src / "VERSION").write_text(f"{version}\n")
+    return src
+
+
+def _start(fleet: Fleet, channel: str, stages: list[float], version: str = "1.1") -> int:
     # Soak and reports high enough that the rollout stays where the test puts it.
-    body = {"app": "hello", "version": "1.1", "channel": channel, "stages": stages,
+    body = {"app": "hello", "version": version, "channel": channel, "stages": stages,
             "soak_seconds": 86400, "min_reports": 1000, "max_failure_rate": 0.9}
     return int(_api(fleet, "POST", "/rollouts", "publisher", json=body)["id"])
 
@@ -263,3 +277,96 @@ def test_a_dry_run_in_the_dashboard_matches_the_api(seeded: tuple[Fleet, int, in
         refused = browser.post("/rollouts/new", data={**form, "intent": "start"})
         assert refused.status_code == 403
     assert all(r["channel"] != "canary" for r in _api(fleet, "GET", "/rollouts")["data"])
+
+
+def _seeded_failure(fleet: Fleet) -> str:
+    """The stable device whose install of 1.1 failed its health check (seeded)."""
+    rows = _api(fleet, "GET", "/devices", params={"limit": 100})["data"]
+    for row in rows:
+        events = _api(fleet, "GET", f"/devices/{row['id']}/history")["data"]
+        if any(e["type"] == "health-failed" for e in events):
+            return str(row["id"])
+    raise AssertionError("no seeded device failed")
+
+
+@pytest.mark.browser
+def test_operator_pages_pick_chart_summarize_and_filter(page: Page,
+                                                        seeded: tuple[Fleet, int, int]
+                                                        ) -> None:
+    fleet, stable_id, _ = seeded
+    ARTIFACTS.mkdir(exist_ok=True)
+    digest = "ab" * 32
+    rule = _api(fleet, "POST", "/alerts/rules", json={"name": "bytes",
+                                                      "kind": "integrity_failure"})
+    device = fleet.device(version="1.0", tags={"site": "s9"})
+    device.report(device.event("verify-failed", version="1.1",
+                               reason=f"sha256 is {digest}, expected {'cd' * 32}"))
+    wait_for(lambda: any(a["rule_id"] == rule["id"]
+                         for a in _api(fleet, "GET", "/alerts")["data"]), what="the alert")
+    sign_in(page, fleet, "admin")
+
+    # Versions by channel, then by a group tag.
+    labels = page.locator("svg#versions-by-chart rect.bar title").all_text_contents()
+    assert any(t.startswith("stable · hello 1.1") for t in labels), labels
+    assert any(t.startswith("beta · hello 1.0") for t in labels), labels
+    page.select_option("#versions-by", "tag:site")
+    page.click("#versions-by-show")
+    page.wait_for_url(re.compile(r".*by=tag%3Asite"))
+    labels = page.locator("svg#versions-by-chart rect.bar title").all_text_contents()
+    assert any(t.startswith("site=s0 · hello 1.1") for t in labels), labels
+    page.screenshot(path=str(ARTIFACTS / "dashboard-versions-by-group.png"), full_page=True)
+
+    # Rollout progress: devices per version over time, from their events.
+    page.goto(f"{fleet.server.url}/rollouts/{stable_id}")
+    last = page.locator("svg#progress-chart g.series[data-series='1.1'] circle title").last
+    assert (last.text_content() or "").endswith(": 4")  # four devices committed 1.1
+    page.screenshot(path=str(ARTIFACTS / "dashboard-rollout-progress.png"), full_page=True)
+
+    # A new rollout picks a pushed release from a list.
+    page.goto(f"{fleet.server.url}/rollouts/new")
+    options = page.locator("#release option").all_inner_texts()
+    assert {"hello 1.0", "hello 1.1", "hello 1.3"} <= set(options), options
+    assert "hello 1.2" not in options  # added to the repository, never pushed
+    page.select_option("#release", "hello 1.3")
+    page.select_option("select[name=channel]", "beta")
+    page.click("#dry-run")
+    page.wait_for_selector("#dry-run-result")
+    assert "hello 1.3 on beta" in page.inner_text("#dry-run-result h2")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-rollout-new.png"), full_page=True)
+
+    # The device page: releases by fate, one history row per update, events folded.
+    page.goto(f"{fleet.server.url}/devices/{_seeded_failure(fleet)}")
+    assert page.inner_text("#failed").startswith("1.1")
+    assert "exit 3" in page.inner_text("#failed")
+    assert "1.3" in page.inner_text("#not-offered")
+    assert page.locator("#history tr.update").count() == 1
+    row = page.locator("#history tr.update").first
+    assert not row.locator("table.events").is_visible()
+    row.locator("summary").first.click()
+    assert row.locator("table.events tr").count() == 2  # health-failed, rolled-back
+    page.screenshot(path=str(ARTIFACTS / "dashboard-device.png"), full_page=True)
+
+    # The audit log by action, actor and day.
+    page.goto(f"{fleet.server.url}/audit")
+    page.select_option("#audit-filters select[name=action]", "rollout.start")
+    page.click("#audit-filter")
+    page.wait_for_url(re.compile(r".*action=rollout.start"))
+    actions = page.locator("#audit tbody tr td:nth-child(3)").all_inner_texts()
+    assert actions == ["rollout.start", "rollout.start"], actions
+    page.fill("#audit-filters input[name=actor]", "test-admin")
+    page.click("#audit-filter")
+    page.wait_for_url(re.compile(r".*actor=test-admin"))
+    assert page.locator("#audit tbody tr td.muted").count() == 1  # started by the publisher
+    page.goto(f"{fleet.server.url}/audit?since=2999-01-01")
+    assert page.inner_text("#audit tbody") == "Nothing yet."
+    page.goto(f"{fleet.server.url}/audit?actor=test-publisher&until=2000-01-01")
+    assert page.inner_text("#audit tbody") == "Nothing yet."
+    page.goto(f"{fleet.server.url}/audit?actor=test-publisher")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-audit-filtered.png"), full_page=True)
+
+    # Alert titles show hashes by their first 12 hex digits.
+    page.goto(f"{fleet.server.url}/alerts")
+    title = page.inner_text("#alerts td.alert-title")
+    assert digest not in title
+    assert f"sha256 is {digest[:12]}…, expected {'cd' * 6}…" in title
+    page.screenshot(path=str(ARTIFACTS / "dashboard-alerts.png"), full_page=True)

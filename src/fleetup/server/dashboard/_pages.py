@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from datetime import timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
+from sqlalchemy import func as sa_func
+from sqlalchemy import select
 
 from fleetup._cohort import cohort_of
 from fleetup._groups import parse_group
@@ -35,7 +37,7 @@ from fleetup.server._analytics import (
     version_distribution,
 )
 from fleetup.server._auth import Role, TokenKind, hash_token
-from fleetup.server._models import Alert, Device, Rollout, utcnow
+from fleetup.server._models import Alert, Device, Event, Rollout, utcnow
 from fleetup.server._operations import (
     change_rollout,
     dry_run_rollout,
@@ -49,7 +51,12 @@ from fleetup.server._schemas import (
     RolloutAbort,
     RolloutCreate,
 )
-from fleetup.server.dashboard._charts import bar_chart, line_chart, top_items
+from fleetup.server.dashboard._charts import bar_chart, line_chart, nice_ceiling, top_items
+from fleetup.server.dashboard._history import (
+    device_releases,
+    update_rows,
+    version_timeline,
+)
 from fleetup.server.dashboard._render import render
 from fleetup.server.dashboard._session import (
     COOKIE,
@@ -72,6 +79,7 @@ __all__ = ["router"]
 router = APIRouter(include_in_schema=False, dependencies=[Depends(no_nul_in_url)])
 
 _PAGE = 50
+_HISTORY = 500  # events per device page, grouped into updates
 # What agents report as their state (the update lifecycle's persisted names).
 _DEVICE_STATES = ("idle", "downloading", "verified", "staged", "switched", "health-checking",
                   "committed", "failed", "rolling-back", "rolled-back", "ready")
@@ -158,8 +166,10 @@ def logout(request: Request, session: SessionDep, _: ViewerFormDep) -> Response:
 
 
 @router.get("/", response_class=HTMLResponse)
-def overview(request: Request, session: SessionDep, user: PageUserDep) -> Response:
-    """Versions, live rollouts, update rates over 24 h, open alerts."""
+def overview(request: Request, session: SessionDep, user: PageUserDep,
+             by: Annotated[str, Query(max_length=100)] = "channel") -> Response:
+    """Versions (overall, and by channel or by a group tag), live rollouts, update
+    rates over 24 h, open alerts."""
     now = utcnow()
     rates, hourly = rates_report(session, now=now, hours=24)
     versions = version_distribution(version_counts(session))
@@ -173,10 +183,34 @@ def overview(request: Request, session: SessionDep, user: PageUserDep) -> Respon
         [("success", "ok", [h.rates.success_rate for h in hourly]),
          ("failure", "bad", [h.rates.failure_rate for h in hourly]),
          ("rollback", "warn", [h.rates.rollback_rate for h in hourly])])
+    by_chart = bar_chart(top_items(_versions_by(session, by), 16))
     return render(request, "overview.html", user=user, active="overview", rates=rates,
+                  by=by, by_chart=by_chart, group_tags=_group_tags(session),
                   versions=versions, devices=sum(v.devices for v in versions), live=live,
                   alerts=alerts, open_alerts=open_alerts, version_chart=version_chart,
                   rates_chart=rates_chart)
+
+
+def _versions_by(session: SessionDep, by: str) -> list[tuple[str, float]]:
+    """(``channel · version`` or ``tag=value · version``, devices); ``by`` is
+    ``channel`` or ``tag:KEY``."""
+    column: Any = (Device.tags[by.removeprefix("tag:")].as_string() if by.startswith("tag:")
+                   else sa_func.coalesce(Device.channel_override, Device.channel))
+    rows = session.execute(select(column, Device.app, Device.version, sa_func.count())
+                           .where(Device.removed_at.is_(None))
+                           .group_by(column, Device.app, Device.version)
+                           .order_by(column, Device.app, Device.version))
+    prefix = by.removeprefix("tag:") + "=" if by.startswith("tag:") else ""
+    return [(f"{prefix}{key or '(none)'} · {app} {version or '(none)'}", float(count))
+            for key, app, version, count in rows]
+
+
+def _group_tags(session: SessionDep) -> list[str]:
+    """Tag keys in use (from a bounded sample of devices), for the "by group" choice."""
+    keys: set[str] = set()
+    for tags in session.scalars(select(Device.tags).limit(1000)):
+        keys.update(k for k in (tags or {}) if isinstance(k, str))
+    return sorted(keys)[:50]
 
 
 # -- rollouts ---------------------------------------------------------------------------
@@ -202,6 +236,7 @@ def _new_rollout_page(request: Request, session: SessionDep, user: PageUser,
                   form=form, channels=_crud.list_channels(session),
                   apps=sorted({r.app for r in releases}),
                   versions=sorted({(r.app, r.version) for r in releases if not r.yanked}),
+                  picked=form.get("release") or f"{form.get('app', '')} {form.get('version', '')}",
                   **extra)
 
 
@@ -226,12 +261,19 @@ def _rollout_spec(form: dict[str, str]) -> RolloutCreate:
 
 @router.post("/rollouts/new", response_class=HTMLResponse)
 def start_or_dry_run(request: Request, session: SessionDep, fleet: FleetDep,
-                     user: ViewerFormDep, app: Text, version: Text, channel: Text,
+                     user: ViewerFormDep, channel: Text,
                      stages: Text, soak_seconds: Text, min_reports: Text,
-                     max_failure_percent: Text, group: Annotated[str, Form()] = "",
+                     max_failure_percent: Text,
+                     release: Annotated[str, Form(max_length=300)] = "",
+                     app: Annotated[str, Form()] = "", version: Annotated[str, Form()] = "",
+                     group: Annotated[str, Form()] = "",
                      intent: Annotated[Literal["dry-run", "start"], Form()] = "dry-run"
                      ) -> Response:
-    """Dry run (any role: it changes nothing), or start (publisher)."""
+    """Dry run (any role: it changes nothing), or start (publisher). The release is
+    picked from the pushed ones (``release`` = "APP VERSION"); ``app`` and ``version``
+    are still read for forms posted by scripts."""
+    if release:
+        app, _, version = release.partition(" ")
     form = {"app": app, "version": version, "channel": channel, "stages": stages,
             "soak_seconds": soak_seconds, "min_reports": min_reports,
             "max_failure_percent": max_failure_percent, "group": group}
@@ -276,12 +318,52 @@ def rollout(request: Request, rollout_id: RowId, session: SessionDep, user: Page
     devices, device_count = explain_rollout(session, row, limit=100, offset=0)
     install, _ = time_to_update_report(session, now=utcnow(), hours=24 * 90,
                                        rollout_id=rollout_id)
+    progress = _progress_chart(session, row)
     return render(request, "rollout.html", user=user, active="rollouts", row=row,
                   report=report, stages=rollout_stage_rows(report.plan, scope, report.results,
                                                           report.offered_at),
                   failures=list(reversed(failures))[:50],
                   reasons=top_failure_reasons(failures), devices=devices,
-                  device_count=device_count, install=install)
+                  device_count=device_count, install=install, progress=progress)
+
+
+_PROGRESS_POINTS = 24
+_PROGRESS_DEVICES = 100_000
+
+
+def _progress_chart(session: SessionDep, row: Rollout) -> Any:
+    """Devices per version of the rollout's app and channel, from its start until now
+    (or its end), replayed from their install and rollback events."""
+    channel = sa_func.coalesce(Device.channel_override, Device.channel)
+    found = session.execute(
+        select(Device.id, Device.version).where(Device.app == row.app, channel == row.channel,
+                                                Device.removed_at.is_(None))
+        .limit(_PROGRESS_DEVICES)).tuples()
+    devices: dict[str, str | None] = {device_id: version for device_id, version in found}
+    start = row.created_at
+    end = utcnow() if row.state in ("active", "paused") else max(row.updated_at, start)
+    events = list(session.execute(
+        select(Event.received_at, Event.device_id, Event.type, Event.version,
+               Event.from_version)
+        .join(Device, Device.id == Event.device_id)
+        .where(Device.app == row.app, channel == row.channel, Event.received_at >= start,
+               Event.type.in_(["committed", "rolled-back"]))
+        .order_by(Event.received_at).limit(_PROGRESS_DEVICES)).tuples())
+    initial = dict(devices)
+    for _, device_id, kind, version, from_version in reversed(events):
+        if device_id in initial:  # before its first change: what it left, or returned to
+            initial[device_id] = version if kind == "rolled-back" else from_version
+    span = max((end - start).total_seconds(), 1.0)
+    times = [start + timedelta(seconds=span * i / (_PROGRESS_POINTS - 1))
+             for i in range(_PROGRESS_POINTS)]
+    counts = version_timeline(initial, [(at, d, v or "(none)") for at, d, _, v, _ in events
+                                        if d in initial], times)
+    palette = tuple(f"v{i}" for i in range(6))
+    shown = "%H:%M:%S" if span < 3600 else "%H:%M" if span < 86400 else "%m-%d %H:%M"
+    return line_chart([t.strftime(shown) for t in times],
+                      [(v, palette[i % len(palette)], [float(c) for c in series])
+                       for i, (v, series) in enumerate(counts.items())],
+                      y_max=nice_ceiling(float(len(initial))), percent=False, label_every=6)
 
 
 @router.post("/rollouts/{rollout_id}/{action}")
@@ -343,14 +425,22 @@ def devices(request: Request, session: SessionDep, user: PageUserDep,
 @router.get("/devices/{device_id}", response_class=HTMLResponse)
 def device(request: Request, device_id: str, session: SessionDep, user: PageUserDep,
            page: Annotated[int, Query(ge=1)] = 1) -> Response:
-    """One device and its history: every event it reported, newest first."""
+    """One device: its releases (running, kept, failed, not offered) and its history,
+    one row per update with the update's events folded under it, newest first."""
     row = session.get(Device, device_id)
     if row is None:
         raise PageError(404, "There is no such device.")
-    events, count = _crud.device_events(session, device_id=device_id, limit=_PAGE,
-                                        offset=(page - 1) * _PAGE)
+    events, count = _crud.device_events(session, device_id=device_id, limit=_HISTORY,
+                                        offset=(page - 1) * _HISTORY)
+    ours = [r for r in _crud.list_releases(session, app=row.app) if r.platform == row.platform]
+    known = device_releases(
+        running=row.version, channel=row.channel_override or row.channel,
+        releases=[(r.version, list(r.channels), r.yanked)
+                  for r in sorted(ours, key=lambda r: r.pushed_at, reverse=True)],
+        events=events)
     return render(request, "device.html", user=user, active="devices", row=row,
-                  events=events, count=count, page=page, pages=max(1, -(-count // _PAGE)))
+                  updates=update_rows(events), known=known, count=count, page=page,
+                  pages=max(1, -(-count // _HISTORY)))
 
 
 # -- alerts and audit -------------------------------------------------------------------
@@ -410,8 +500,33 @@ def change_rule(rule_id: RowId, action: Literal["enable", "disable", "delete"],
 
 @router.get("/audit", response_class=HTMLResponse)
 def audit(request: Request, session: SessionDep, user: PageUserDep,
+          actor: Annotated[str, Query(max_length=200)] = "",
+          action: Annotated[str, Query(max_length=60)] = "",
+          since_day: Annotated[str, Query(alias="since", max_length=10)] = "",
+          until_day: Annotated[str, Query(alias="until", max_length=10)] = "",
           page: Annotated[int, Query(ge=1)] = 1) -> Response:
-    """Who changed what, when; open to every operator here (read-only)."""
-    rows, count = _crud.list_audit(session, limit=_PAGE, offset=(page - 1) * _PAGE)
+    """Who changed what, when; open to every operator here (read-only). Filters: the
+    actor (a part of it), the action (exact, or a prefix ending in ``.``: ``rollout.``),
+    and days (UTC, both ends included; a form sends empty ones)."""
+    since, until = _day(since_day), _day(until_day)
+    rows, count = _crud.list_audit(
+        session, limit=_PAGE, offset=(page - 1) * _PAGE, actor=actor or None,
+        action=action or None, since=_day_start(since),
+        until=_day_start(until + timedelta(days=1)) if until else None)
+    filters = {"actor": actor, "action": action, "since": since.isoformat() if since else "",
+               "until": until.isoformat() if until else ""}
     return render(request, "audit.html", user=user, active="audit", rows=rows, count=count,
-                  page=page, pages=max(1, -(-count // _PAGE)))
+                  page=page, pages=max(1, -(-count // _PAGE)), filters=filters,
+                  query=urlencode({k: v for k, v in filters.items() if v}),
+                  actions=_crud.audit_actions(session))
+
+
+def _day(text: str) -> date | None:
+    try:
+        return date.fromisoformat(text) if text else None
+    except ValueError:
+        raise PageError(422, f"Not a day (YYYY-MM-DD): {text!r}") from None
+
+
+def _day_start(day: date | None) -> datetime | None:
+    return datetime.combine(day, time(), tzinfo=UTC) if day else None

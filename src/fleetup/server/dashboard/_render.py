@@ -23,6 +23,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from fleetup._version import __version__
 from fleetup.errors import ServerAPIError
 from fleetup.server._models import utcnow
+from fleetup.server.dashboard._history import short_hashes
 from fleetup.server.dashboard._session import LoginRequired, PageError
 
 __all__ = ["NOTICES", "is_page", "on_login_required", "on_page_error", "pages_in_html",
@@ -86,7 +87,8 @@ def _seconds(value: float | None) -> str:
     return f"{value / 3600:.1f} h"
 
 
-templates.env.filters.update(when=_when, ago=_ago, pct=_pct, seconds=_seconds)
+templates.env.filters.update(when=_when, ago=_ago, pct=_pct, seconds=_seconds,
+                             short=short_hashes)
 templates.env.globals.update(version=__version__)
 
 

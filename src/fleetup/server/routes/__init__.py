@@ -11,6 +11,7 @@ from fleetup.server.routes import (
     device_actions,
     devices,
     flags,
+    notifications,
     releases,
     rollouts,
     tokens,
@@ -23,7 +24,8 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 503)}
 
 api_router = APIRouter(responses=_ERRORS, dependencies=[Depends(no_nul_in_url)])
-for module in (devices, releases, rollouts, channels, tokens, audit, analytics, alerts):
+for module in (devices, releases, rollouts, channels, tokens, audit, analytics, alerts,
+               notifications):
     api_router.include_router(module.router)
 api_router.include_router(device_actions.router)
 api_router.include_router(flags.router)
