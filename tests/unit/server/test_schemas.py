@@ -85,10 +85,12 @@ def test_every_event_type_the_agent_emits_is_one_the_server_accepts() -> None:
     from pathlib import Path
 
     import fleetup.agent
+    from fleetup._protocol import EventType
     from fleetup.server._schemas import EVENT_TYPES
 
     source = "".join(p.read_text() for p in Path(fleetup.agent.__file__).parent.glob("*.py"))
     emitted = set(re.findall(r'AgentEvent\("([a-z-]+)"', source))
     emitted |= set(re.findall(r'"([a-z-]+-failed)" if', source)) | {"download-failed"}
-    assert {"update-held", "staged", "committed"} <= emitted
+    emitted |= {str(EventType[name]) for name in re.findall(r"EventType\.([A-Z_]+)", source)}
+    assert {"update-held", "running-yanked", "staged", "committed"} <= emitted
     assert emitted <= set(EVENT_TYPES)
