@@ -31,6 +31,8 @@ __all__ = ["StreamingUnpack", "stage_archive", "stage_delta"]
 
 Progress = Callable[[int], None]
 
+_CHUNK = 1 << 20
+
 
 def stage_archive(store: DeviceStore, facts: ReleaseFacts, archive: Path,
                   progress: Progress | None = None) -> None:
@@ -175,10 +177,16 @@ class StreamingUnpack:
     def _unpack(self) -> None:
         try:
             reader = cast("BinaryIO", _QueueReader(self._queue))
-            self._manifest = extract_archive(reader, self.partial,
-                                             max_size=self.facts.tree_size,
-                                             max_entries=self.facts.tree_entries,
-                                             max_depth=self.facts.depth_bound)
+            manifest = extract_archive(reader, self.partial,
+                                       max_size=self.facts.tree_size,
+                                       max_entries=self.facts.tree_entries,
+                                       max_depth=self.facts.depth_bound)
+            # The tar ends before the archive does (end blocks, record padding, the
+            # zstd epilogue): take the rest too, so the last chunks and the end of the
+            # download find a live worker instead of abandoning a complete tree.
+            while reader.read(_CHUNK):
+                pass
+            self._manifest = manifest
         except BaseException as e:  # noqa: BLE001 - reported through accept()
             self.error = e
             while True:  # drain, so the download never waits on a dead worker
