@@ -19,7 +19,6 @@ from typing import BinaryIO, cast
 from fleetup import _failpoints as failpoints
 from fleetup._archive import extract_archive
 from fleetup._atomic import fsync_dir, storage_error
-from fleetup._delta import apply_delta
 from fleetup._facts import ReleaseFacts
 from fleetup._manifest import TreeManifest
 from fleetup._treewriter import remove_tree
@@ -64,6 +63,8 @@ def stage_delta(store: DeviceStore, facts: ReleaseFacts, patch: Path, base_versi
             full archive.
         StorageError: the disk refused.
     """
+    from fleetup._delta import apply_delta  # delta codecs load only for a delta
+
     base_manifest, _ = store.load_manifest(base_version)
     base_dir = store.layout.release_dir(base_version)
 
