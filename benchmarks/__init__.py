@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Comparison", "Context", "Measurement", "Result", "filesystem", "measure",
-           "python_probe"]
+__all__ = ["Comparison", "Context", "Measurement", "Result", "measure", "python_probe",
+           "storage_of"]
 
 ROOT = Path(__file__).resolve().parent
 
@@ -34,7 +34,7 @@ class Context:
     """What the runner hands every section."""
 
     cache: Path                       # kept between runs (git-ignored): downloads, trees
-    scratch: Path                     # emptied after the run; tmpfs when there is one
+    scratch: Path                     # emptied after the run; on disk unless --tmpfs
     quick: bool = False               # --quick: the smallest cases only
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
 
@@ -109,17 +109,16 @@ def python_probe(*args: str) -> list[str]:
     return [sys.executable, "-m", "benchmarks._probe", *args]
 
 
-def filesystem(path: Path) -> str:
-    """The file system ``path`` is on, as a note says it: ``"disk (ext4 on /dev/vda at /)"``
-    or ``"tmpfs at /dev/shm"`` (from ``/proc/mounts``: the longest mount point above it)."""
-    path = path.resolve()
-    best = ("", "", "?")
-    for line in Path("/proc/mounts").read_text().splitlines():
-        device, point, fstype = [*line.split(), "", "", ""][:3]
-        point = point.replace("\\040", " ")
-        if (path == Path(point) or Path(point) in path.parents) and len(point) > len(best[1]):
-            best = (device, point, fstype)
-    device, point, fstype = best
-    if fstype in ("tmpfs", "ramfs"):
-        return f"{fstype} at {point} (memory, not disk)"
-    return f"disk ({fstype} on {device} at {point})"
+def storage_of(path: Path) -> str:
+    """``disk (ext4, /dev/vda)`` or ``tmpfs``: where a figure was measured, from the
+    mount that holds ``path`` (the longest mount point that is a prefix of it)."""
+    resolved = str(path.resolve())
+    best = ("", "unknown", "unknown")
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            device, point, fstype = line.split()[:3]
+            if (resolved == point or resolved.startswith(point.rstrip("/") + "/")) \
+                    and len(point) >= len(best[0]):
+                best = (point, fstype, device)
+    _, fstype, device = best
+    return "tmpfs" if fstype in ("tmpfs", "ramfs") else f"disk ({fstype}, {device})"

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from benchmarks import ROOT, Comparison, Context, Result
+from benchmarks import ROOT, Comparison, Context, Result, storage_of
 
 _TMPFS = Path("/dev/shm")
 _TMPFS_NEEDED = 4 << 30
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="sections to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="the smallest cases only")
     parser.add_argument("--list", action="store_true", help="list the sections and exit")
+    parser.add_argument("--tmpfs", action="store_true",
+                        help="scratch files on /dev/shm (default: on disk, as on a device)")
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache",
                         help="where downloads are kept between runs")
     args = parser.parse_args(argv)
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no such section: {', '.join(sorted(unknown))}")
     chosen = {n: m for n, m in available.items() if not args.names or n in args.names}
     args.cache.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="fleetup-bench-", dir=_scratch_parent()))
+    scratch = Path(tempfile.mkdtemp(prefix="fleetup-bench-", dir=_scratch_parent(args.tmpfs)))
     started = time.monotonic()
     results: list[Result] = []
     try:
@@ -72,12 +74,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print_comparisons([c for r in results for c in r.comparisons])
-    print(f"\nsuite took {time.monotonic() - started:.0f} s on {os.cpu_count()} cores")
+    print(f"\nsuite took {time.monotonic() - started:.0f} s on {os.cpu_count()} cores; "
+          f"scratch files on {storage_of(scratch.parent)}")
     return 0
 
 
-def _scratch_parent() -> str | None:
-    """tmpfs when it has room: file-creation times on a busy disk are noise."""
+def _scratch_parent(tmpfs: bool) -> str | None:
+    """On disk (the system's temporary directory, if it is not tmpfs itself, else
+    /var/tmp), as on a device; /dev/shm with ``--tmpfs`` when it has room."""
+    if not tmpfs:
+        default = Path(tempfile.gettempdir())
+        return str(default if storage_of(default) != "tmpfs" else Path("/var/tmp"))
     usable = _TMPFS.is_dir() and os.access(_TMPFS, os.W_OK)
     if usable and shutil.disk_usage(_TMPFS).free >= _TMPFS_NEEDED:
         return str(_TMPFS)

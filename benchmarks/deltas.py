@@ -33,9 +33,9 @@ from benchmarks import (
     Context,
     Measurement,
     Result,
-    filesystem,
     measure,
     python_probe,
+    storage_of,
 )
 from fleetup._archive import DEFAULT_LEVEL, build_archive
 from fleetup._manifest import scan_tree
@@ -331,7 +331,7 @@ def run(ctx: Context) -> Result:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result.notes[:0] = [
-        f"measured on {filesystem(scratch)}: trees, tars, patches and rebuilt trees;",
+        f"measured on {storage_of(scratch)}: trees, tars, patches and rebuilt trees;",
         "fleetup: `release add` with a default repository (methods "
         f"{', '.join(RepoConfig().delta_methods)}; no delta unless it saves a tenth of the "
         "full archive, then the device downloads the full archive);",

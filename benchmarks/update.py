@@ -1,6 +1,7 @@
 """End-to-end update in static mode over loopback, beside the shell pipeline floor.
 
-A 100 MB tree (half incompressible binaries, half text in many files) is published
+Three 100 MB trees: all incompressible binaries, all text in many files, and half of
+each (the mixed tree). Each is published
 with ``fleetup release add`` and served by one HTTP server on 127.0.0.1. Measured:
 
 - ``fleetup agent update`` from an installed 1.0.0 to the 100 MB release (deltas off):
@@ -28,10 +29,11 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
-from benchmarks import Comparison, Context, Measurement, Result, measure
+from benchmarks import Comparison, Context, Measurement, Result, measure, storage_of
 
 TITLE = "End-to-end update (static mode, loopback)"
 
@@ -68,6 +70,27 @@ def _make_tree(dest: Path, total: int, seed: int) -> Path:
     app = dest / "bin" / "app"
     app.write_text("#!/bin/sh\nexit 0\n")
     app.chmod(0o755)
+    (dest / ".complete").touch()
+    return dest
+
+
+def _make_uniform_tree(dest: Path, total: int, seed: int, compressible: bool) -> Path:
+    """All incompressible (random binaries of 2.5 MB) or all compressible (text pages
+    of 25 KB): the two ends a release tree lies between."""
+    if (dest / ".complete").exists():
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
+    rng = random.Random(seed)
+    (dest / "data").mkdir(parents=True)
+    if compressible:
+        words = _words(rng)
+        for i in range(total // 25_000):
+            lines = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(400)]
+            (dest / "data" / f"page{i:05d}.txt").write_text(
+                ("\n".join(lines) + "\n")[:25_000])
+    else:
+        for i in range(max(1, total // 2_500_000)):
+            (dest / "data" / f"blob{i:03d}.so").write_bytes(rng.randbytes(2_500_000))
     (dest / ".complete").touch()
     return dest
 
@@ -169,6 +192,109 @@ def _agent_runs(ctx: Context, base_device: Path, base_config_args: tuple[Path, s
     return runs
 
 
+def _uniform_case(ctx: Context, result: Result, kind: str, total: int) -> None:
+    """A fresh install of a tree of one kind: one-shot ``agent update`` against the
+    pipeline, in a repository of its own (no delta from 1.0.0 to it)."""
+    compressible = kind == "compressible"
+    tree = _make_uniform_tree(ctx.cache / f"tree-{kind}-{total}", total, 5, compressible)
+    small = _make_tree(ctx.cache / "tree-1.0.0", 256 * 1024, seed=1)
+    repo = ctx.scratch / f"repo-{kind}"
+    subprocess.run([sys.executable, "-m", "fleetup", "repo", "init", str(repo)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _publish(repo, small, "1.0.0")
+    before = ctx.scratch / f"public-1.0.0-{kind}"
+    shutil.copytree(repo / "public", before, symlinks=True)
+    _publish(repo, tree, "1.1.0")
+    with _http_server(repo / "public") as url:
+        base = ctx.scratch / f"device-{kind}"
+        cfg = _config(ctx.scratch / f"{kind}.toml", base, url, repo, deltas=False)
+        subprocess.run([sys.executable, "-m", "fleetup", "agent", "-c", str(cfg), "update",
+                        "--version", "1.0.0", "--no-progress"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        archive_url, archive_size = _archive_url(repo, url, "1.1.0")
+        label = f"{total // MB} MB {kind} tree"
+        ctx.log(f"{label}: fleetup agent update and the pipeline")
+        ours = _agent_runs(ctx, base, (cfg, url, repo, False), "1.1.0", f"full-{kind}")
+        floor = [_pipeline(archive_url, ctx.scratch / f"floor-{kind}-{i}")
+                 for i in range(1 if ctx.quick else RUNS)]
+        shutil.rmtree(base)
+    ctx.log(f"{label}: fleetup agent run, from the release becoming visible to committed")
+    daemon = [_daemon_update(ctx, repo, before, f"{kind}-{i}") for i in range(1)]
+    visible_s = _median([d[0] for d in daemon])
+    update_s = _median([d[1] for d in daemon])
+    ours_s = _median([m.seconds for m in ours])
+    floor_s = _median([m.seconds for m in floor])
+    result.rows.append([label, "fleetup agent update", f"{ours_s:.2f}",
+                        f"{max(m.peak_bytes for m in ours) / MB:.0f}", str(archive_size)])
+    result.rows.append([label, "curl | openssl | zstd -d | tar -x", f"{floor_s:.2f}",
+                        f"{max(m.peak_bytes for m in floor) / MB:.0f}", str(archive_size)])
+    result.comparisons.append(Comparison(label, "update time", ours_s,
+                                         "curl|openssl|zstd|tar × 1.3", floor_s * 1.3, "s"))
+    result.rows.append([label, "fleetup agent run: download started → committed",
+                        f"{update_s:.2f}", "", str(archive_size)])
+    result.rows.append([label, "fleetup agent run: release visible → committed (1 s polls)",
+                        f"{visible_s:.2f}", "", str(archive_size)])
+    result.comparisons.append(Comparison(f"{label}, daemon", "download started → committed",
+                                         update_s, "curl|openssl|zstd|tar × 1.3",
+                                         floor_s * 1.3, "s"))
+    result.notes.append(f"{label}: fleetup takes {ours_s / floor_s:.2f}× the pipeline's time "
+                        f"one-shot, {update_s / floor_s:.2f}× in the daemon (goal: within 1.3×)")
+
+
+def _log_time(line: str) -> float:
+    """The time of an ``agent.log`` line (local time, milliseconds)."""
+    stamp = line[:23]
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def _daemon_update(ctx: Context, repo: Path, before: Path, kind: str) -> tuple[float, float]:
+    """``fleetup agent run`` polling every second, with 1.0.0 installed from ``before``
+    (the repository's public tree before 1.1.0 was published). The served directory
+    is switched to the repository holding 1.1.0 and the daemon installs it. Returns
+    (visible → committed, download started → committed) in seconds, from the daemon's
+    log: the first includes up to one poll interval of waiting; neither has an
+    interpreter start."""
+    served = ctx.scratch / f"served-{kind}"
+    served.symlink_to(before)
+    device = ctx.scratch / f"daemon-{kind}"
+    log = device / ".fleetup" / "log" / "agent.log"
+    status = device / ".fleetup" / "status.json"
+    with _http_server(served) as url:
+        config = _config(ctx.scratch / f"daemon-{kind}.toml", device, url, repo, deltas=False)
+        config.write_text(config.read_text().replace(
+            "[health]", "poll_interval = 1\npoll_jitter = 0.0\n[health]", 1))
+        subprocess.run([sys.executable, "-m", "fleetup", "agent", "-c", str(config), "update",
+                        "--version", "1.0.0", "--no-progress"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        checked = status.stat().st_mtime_ns
+        daemon = subprocess.Popen([sys.executable, "-m", "fleetup", "agent", "-c", str(config),
+                                   "run"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_for(lambda: status.stat().st_mtime_ns != checked, 60)  # one quiet poll
+            swap = served.with_name(f"{served.name}.new")
+            swap.symlink_to(repo / "public")
+            visible = time.time()
+            os.replace(swap, served)
+            _wait_for(lambda: "event committed 1.0.0 -> 1.1.0" in log.read_text(), 300)
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=60)
+    lines = log.read_text().splitlines()
+    committed = next(_log_time(x) for x in lines if "event committed 1.0.0 -> 1.1.0" in x)
+    started = next(_log_time(x) for x in lines if "event download-started" in x
+                   and "1.1.0" in x)
+    shutil.rmtree(device)
+    return committed - visible, committed - started
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the daemon did not get there in time")
+        time.sleep(0.01)
+
+
 def run(ctx: Context) -> Result:
     total = (20 if ctx.quick else 100) * MB
     quarter = total // 4
@@ -184,6 +310,8 @@ def run(ctx: Context) -> Result:
                           (patched, "2.0.1")):
         _publish(repo, tree, version)
     result = Result(TITLE, ["case", "tool", "seconds (median)", "peak MB", "bytes fetched"])
+    for kind in ("incompressible", "compressible"):
+        _uniform_case(ctx, result, kind, total)
     with _http_server(repo / "public") as url:
         base = ctx.scratch / "device-1.0.0"
         cfg = _config(ctx.scratch / "base.toml", base, url, repo, deltas=False)
@@ -269,6 +397,6 @@ def run(ctx: Context) -> Result:
     result.notes.append("fleetup's time includes starting Python, the TUF metadata refresh, "
                         "verifying every byte and the tree digest, and flushing the tree to "
                         "disk before the switch; the pipeline does none of that.")
-    result.notes.append(f"scratch on {ctx.scratch} (tmpfs when available); "
+    result.notes.append(f"measured on {storage_of(ctx.scratch)} ({ctx.scratch}); "
                         f"{os.cpu_count()} cores")
     return result

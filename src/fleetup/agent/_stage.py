@@ -19,7 +19,6 @@ from typing import BinaryIO, cast
 from fleetup import _failpoints as failpoints
 from fleetup._archive import extract_archive
 from fleetup._atomic import fsync_dir, storage_error
-from fleetup._delta import apply_delta
 from fleetup._facts import ReleaseFacts
 from fleetup._manifest import TreeManifest
 from fleetup._treewriter import remove_tree
@@ -30,6 +29,8 @@ from fleetup.errors import ArchiveError, IntegrityError
 __all__ = ["StreamingUnpack", "stage_archive", "stage_delta"]
 
 Progress = Callable[[int], None]
+
+_CHUNK = 1 << 20
 
 
 def stage_archive(store: DeviceStore, facts: ReleaseFacts, archive: Path,
@@ -62,6 +63,8 @@ def stage_delta(store: DeviceStore, facts: ReleaseFacts, patch: Path, base_versi
             full archive.
         StorageError: the disk refused.
     """
+    from fleetup._delta import apply_delta  # delta codecs load only for a delta
+
     base_manifest, _ = store.load_manifest(base_version)
     base_dir = store.layout.release_dir(base_version)
 
@@ -175,10 +178,16 @@ class StreamingUnpack:
     def _unpack(self) -> None:
         try:
             reader = cast("BinaryIO", _QueueReader(self._queue))
-            self._manifest = extract_archive(reader, self.partial,
-                                             max_size=self.facts.tree_size,
-                                             max_entries=self.facts.tree_entries,
-                                             max_depth=self.facts.depth_bound)
+            manifest = extract_archive(reader, self.partial,
+                                       max_size=self.facts.tree_size,
+                                       max_entries=self.facts.tree_entries,
+                                       max_depth=self.facts.depth_bound)
+            # The tar ends before the archive does (end blocks, record padding, the
+            # zstd epilogue): take the rest too, so the last chunks and the end of the
+            # download find a live worker instead of abandoning a complete tree.
+            while reader.read(_CHUNK):
+                pass
+            self._manifest = manifest
         except BaseException as e:  # noqa: BLE001 - reported through accept()
             self.error = e
             while True:  # drain, so the download never waits on a dead worker

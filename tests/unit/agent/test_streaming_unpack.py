@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import time
 from pathlib import Path
 
 import zstandard
@@ -114,3 +115,19 @@ def test_a_failed_download_discards_what_was_unpacked(tmp_path: Path) -> None:
     unpack.discard()
     assert not store.layout.partial_dir("1.0").exists()
     assert store.kept_versions() == []
+
+
+def test_a_stream_whose_tar_ends_before_its_last_bytes_is_still_accepted(
+        tmp_path: Path) -> None:
+    # The tar's end comes before the archive's (end blocks, padding, the zstd epilogue):
+    # a worker that stopped there left the end of the download to a dead thread, and
+    # every real update unpacked the archive a second time.
+    facts, data = _release(tmp_path)
+    store, unpack = _device(tmp_path, facts)
+    _feed(unpack, data)
+    deadline = time.monotonic() + 30
+    while not unpack._queue.empty() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    unpack._worker.join(timeout=0.2)  # the old worker had ended by now
+    assert unpack.accept()
+    assert store.kept_versions() == ["1.0"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import TargetFile
 from tuf.api.serialization import DeserializationError
 
 from fleetup.agent._config import AgentConfig, DownloadConfig
@@ -374,3 +376,47 @@ def test_expired_metadata_names_role_and_date(tmp_path: Path) -> None:
     assert f"the repository's timestamp metadata expired at {expires}" in one_line(
         caught.value)
     assert not (tmp_path / "tuf" / "timestamp.json").exists()
+
+
+def test_an_artifact_is_hashed_as_it_arrives_and_not_read_again(
+        make_source: Factory, repo: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # python-tuf's download_target hashed the file again and copied it: a second and a
+    # third pass over every byte of a release.
+    source = make_source()
+    facts = source.releases(APP, PLATFORM)[-1]
+
+    def reread(*_args: object) -> None:
+        raise AssertionError("the file was read again to hash it")
+
+    monkeypatch.setattr(TargetFile, "verify_length_and_hashes", reread)
+    monkeypatch.setattr(shutil, "copyfileobj", reread)
+    dest = tmp_path / "out" / "hello.tar.zst"
+    source.download(facts.target_path, dest)
+    archive, = (repo / "public/targets" / APP / PLATFORM).glob(f"*.{APP}-1.2.0.tar.zst")
+    assert dest.read_bytes() == archive.read_bytes()
+    assert not list(source.downloads_dir.glob("*.part"))
+
+
+@pytest.mark.parametrize("prefix_ok", [True, False])
+def test_an_artifact_already_in_its_part_file_is_verified_whole(
+        make_source: Factory, repo: Path, tmp_path: Path, prefix_ok: bool) -> None:
+    # No byte arrives in this run, so none was hashed on the way: the file is.
+    source = make_source()
+    facts = source.releases(APP, PLATFORM)[-1]
+    archive, = (repo / "public/targets" / APP / PLATFORM).glob(f"*.{APP}-1.2.0.tar.zst")
+    data = archive.read_bytes()
+    url = f"{BASE}targets/{APP}/{PLATFORM}/{archive.name}"
+    part = source.fetcher.partial_path(url)
+    assert part is not None
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(data if prefix_ok else b"x" * len(data))  # from an earlier run
+    dest = tmp_path / "out" / "hello.tar.zst"
+    if prefix_ok:
+        source.download(facts.target_path, dest)
+        assert dest.read_bytes() == data
+    else:
+        with pytest.raises(IntegrityError):
+            source.download(facts.target_path, dest)
+        assert not dest.exists()
+    assert not part.exists()
