@@ -11,11 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from fleetup._agent_tree import pip_platform_args, write_launcher
+from fleetup._agent_tree import AGENT_APP, agent_platform, pip_platform_args, write_launcher
+from fleetup._versions import UpdateType
+from fleetup.agent._agent import Result
 from fleetup.agent._config import load_config
 from fleetup.agent._lifecycle import Journal, State
 from fleetup.agent._self_update import PROBATION_TRIES, SelfUpdateAgent, _Adopted, run_probation
 from fleetup.errors import ConfigError, StateError, UsageError
+from tests.support.fake_source import FakeSource
+from tests.support.releases import SampleRepo
+from tests.support.trees import File
 
 
 def _config(tmp_path: Path, extra: str = "[self_update]\nroot = \"agent\"\ntimeout = 5\n") -> Path:
@@ -116,3 +121,35 @@ def test_journal_formats_across_versions() -> None:
     with pytest.raises(StateError, match=r"written by a newer fleetup \(format 2\); this one "
                                          r"reads format 1"):
         Journal.from_json(json.dumps(newer_major).encode())
+
+
+def _agent_release(repo: SampleRepo, version: str, main: str) -> None:
+    launcher = write_launcher(repo.work / f"launcher-{version}").read_bytes()
+    repo.publish(version, app=AGENT_APP, platform=agent_platform(), health=False,
+                 update_type=UpdateType.PATCH, extra={
+                     "bin/fleetup": File(launcher, 0o755),
+                     "lib/fleetup/__main__.py": main.replace("2.0", version)})
+
+
+@pytest.mark.parametrize(("main", "installed", "failed"), [
+    (PROVES, "1.0.1", False),
+    ("raise RuntimeError('broken on import')\n", "1.0.0", True),
+])
+def test_the_agent_root_switches_only_after_the_proof(tmp_path: Path, main: str,
+                                                      installed: str, failed: bool) -> None:
+    """Through the state machine: the switch waits for the verdict; a refused release is
+    removed and remembered as failed, and the next cycle does not try it again."""
+    repo = SampleRepo.create(tmp_path)
+    _agent_release(repo, "1.0.0", PROVES)
+    config = load_config(_config(tmp_path))
+    source = FakeSource(repo.path)
+    agent = SelfUpdateAgent(config, source_factory=lambda: source)
+    assert agent.update().result is Result.INSTALLED
+    _agent_release(repo, "1.0.1", main)
+    outcome = agent.update()
+    assert agent.store.installed_version() == installed
+    assert ("1.0.1" in agent.store.failed()) is failed
+    assert (agent.store.layout.release_dir("1.0.1").exists()) is not failed
+    if failed:
+        assert outcome.result is Result.FAILED
+        assert agent.update().result is Result.NOTHING   # not retried by itself
