@@ -79,6 +79,10 @@ def build_daemon(config: AgentConfig) -> tuple[Daemon, StatusApi | None]:
                                    stop_timeout=config.process.stop_timeout,
                                    log_file=agent_probe.store.layout.logs / "app.log")
     agent = build_agent(config, restarter=supervisor)
+    if config.self_update is not None:
+        from fleetup.agent._self_update import SelfUpdater, adopt_app
+
+        adopt_app(supervisor)
     modules = None
     if config.modules.enabled:
         from fleetup.agent._modules import ModuleHost
@@ -88,6 +92,8 @@ def build_daemon(config: AgentConfig) -> tuple[Daemon, StatusApi | None]:
         modules = ModuleHost(agent.store.layout.current, hook_timeout=config.modules.hook_timeout,
                              environment=fleetup_env)
     daemon = Daemon(agent, supervisor=supervisor, modules=modules)
+    if config.self_update is not None:
+        daemon.self_update = SelfUpdater(config, agent)
     if config.push.url is not None:  # nats-py loads only when push is on
         from fleetup._push import import_nats
         from fleetup.agent._push import PushListener

@@ -28,6 +28,7 @@ one line (:class:`~fleetup.errors.ConfigError`).
     [status_api] enabled, port             (loopback only)
     [fleet]    deadline = 60, max_reply = 1048576   (bounds on each fleet exchange)
     [log]      json, level
+    [self_update] root, channel, timeout = 60, platform   (fleetup updates itself)
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ __all__ = [
     "PolicyConfig",
     "ProcessConfig",
     "PushConfig",
+    "SelfUpdateConfig",
     "StatusApiConfig",
     "load_config",
 ]
@@ -190,6 +192,17 @@ class PushConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SelfUpdateConfig:
+    """Where fleetup keeps its own releases (``root``), which channel it follows
+    (``None``: the app's), and how long a new agent has to prove itself."""
+
+    root: Path
+    channel: str | None = None
+    timeout: float = 60.0
+    platform: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     app: str
     root: Path
@@ -213,6 +226,7 @@ class AgentConfig:
     status_api: StatusApiConfig = StatusApiConfig()
     push: PushConfig = PushConfig()
     fleet: FleetConfig = FleetConfig()
+    self_update: SelfUpdateConfig | None = None
     log_json: bool = False
     log_level: str = "INFO"
     source: Path | None = None
@@ -253,7 +267,7 @@ def _parse(raw: Mapping[str, Any], base: Path, source: Path) -> AgentConfig:
     known = {"app", "root", "trusted_root", "repo_url", "channel", "platform", "device_id",
              "keep", "poll_interval", "poll_jitter", "server_url", "enrollment_token", "tags",
              "policy", "download", "process", "health", "modules", "status_api", "push",
-             "fleet", "log", "keep_days"}
+             "fleet", "log", "keep_days", "self_update"}
     _no_unknown(raw, known, "")
     app_name = _get(raw, "app", str, required=True)
     repo_url = _opt(raw, "repo_url", str)
@@ -297,6 +311,7 @@ def _parse(raw: Mapping[str, Any], base: Path, source: Path) -> AgentConfig:
         status_api=_status_api(_section(raw, "status_api")),
         push=_push(_section(raw, "push"), fleet_mode=server_url is not None),
         fleet=_fleet(_section(raw, "fleet")),
+        self_update=_self_update(raw, base),
         log_json=_get(log, "json", bool, False, prefix="log."),
         log_level=log_level,
         source=source,
@@ -427,6 +442,27 @@ def _fleet(raw: Mapping[str, Any]) -> FleetConfig:
         raise ConfigError("fleet.max_reply must be at least 1024 bytes")
     return FleetConfig(deadline=_positive(raw, "deadline", 60.0, "fleet."),
                        max_reply=max_reply)
+
+
+def _self_update(top: Mapping[str, Any], base: Path) -> SelfUpdateConfig | None:
+    if "self_update" not in top:
+        return None
+    raw = _section(top, "self_update")
+    _no_unknown(raw, {"root", "channel", "timeout", "platform"}, "self_update.")
+    from fleetup._agent_tree import agent_platform
+
+    try:
+        channel = _opt(raw, "channel", str, "self_update.")
+        platform = _get(raw, "platform", str, agent_platform(), prefix="self_update.")
+        check_name("platform", platform)
+        if channel is not None:
+            check_name("channel", channel)
+    except UsageError as e:
+        raise ConfigError(f"self_update: {e}") from None
+    return SelfUpdateConfig(
+        root=_path(base, _get(raw, "root", str, required=True, prefix="self_update.")),
+        channel=channel, timeout=_positive(raw, "timeout", 60.0, "self_update."),
+        platform=platform)
 
 
 def _push(raw: Mapping[str, Any], *, fleet_mode: bool) -> PushConfig:

@@ -33,6 +33,7 @@ from fleetup.agent._lifecycle import FINISH_BEFORE_STOP
 if TYPE_CHECKING:
     from fleetup.agent._modules import ModuleHost
     from fleetup.agent._push import PushListener
+    from fleetup.agent._self_update import SelfUpdater
 from fleetup.agent._supervisor import AppSupervisor
 from fleetup.errors import FleetupError
 
@@ -70,6 +71,10 @@ class Daemon:
         self._installed: str | None = None
         self.last_outcome: Outcome | None = None
         self.last_error: str | None = None
+        # fleetup updating itself (``[self_update]``): set by build_daemon; ``handover``
+        # is the new agent's argv once one was committed (exec'd after the loop ends).
+        self.self_update: SelfUpdater | None = None
+        self.handover: list[str] | None = None
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, _frame: FrameType | None) -> None:
@@ -112,6 +117,10 @@ class Daemon:
                     self.modules.tick()
                     next_tick = now + config.modules.tick_interval
                 self.stop.wait(0.2)
+            if self.handover:
+                from fleetup.agent._self_update import detach_app
+
+                detach_app(self.supervisor)
             self._shutdown()
         return 0
 
@@ -167,6 +176,10 @@ class Daemon:
             if isinstance(value, Outcome):
                 self.last_outcome = value
                 self._after(value)
+            if request.kind == "update" and self.self_update is not None:
+                self.handover = self.self_update.cycle()
+                if self.handover:
+                    self.stop.set()
             _release_free_memory()
             self.last_error = None
             request.result.set_result(value)

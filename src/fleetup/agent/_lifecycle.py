@@ -38,8 +38,8 @@ from typing import Any
 from fleetup._protocol import RolloutId, rollout_id_of
 from fleetup.errors import StateError
 
-__all__ = ["GIVE_UP", "MAX_RESUMES", "RESTING", "RESUME", "TRANSITIONS", "Event", "Journal",
-           "Kind", "State", "next_state", "resumed_journal"]
+__all__ = ["GIVE_UP", "JOURNAL_FORMAT", "MAX_RESUMES", "RESTING", "RESUME", "TRANSITIONS",
+           "Event", "Journal", "Kind", "State", "next_state", "resumed_journal"]
 
 
 class State(enum.StrEnum):
@@ -186,6 +186,23 @@ def resumed_journal(journal: Journal, now: str) -> Journal:
                    updated_at=now)
 
 
+# The journal's format: fields may be added within a format (readers ignore the ones
+# they do not know, so the previous agent reads what the next one wrote after a
+# rollback); a change an older reader would misread raises the format, and a reader
+# refuses a format above its own with one clear line instead of guessing.
+JOURNAL_FORMAT = 1
+
+
+def _check_format(found: object, what: str, supported: int = JOURNAL_FORMAT) -> None:
+    """Raises StateError if ``found`` is not a format this fleetup reads."""
+    if not isinstance(found, int) or isinstance(found, bool) or found < 1:
+        raise StateError(f"the {what} has no valid format number: {found!r}")
+    if found > supported:
+        raise StateError(f"the {what} was written by a newer fleetup (format {found}); "
+                         f"this one reads format {supported} and older: update fleetup "
+                         f"or remove the file")
+
+
 class Kind(enum.StrEnum):
     UPDATE = "update"
     ROLLBACK = "rollback"
@@ -234,7 +251,7 @@ class Journal:
         body = asdict(self)
         body["state"] = self.state.value
         body["kind"] = self.kind.value
-        body["format"] = 1
+        body["format"] = JOURNAL_FORMAT
         return json.dumps(body, indent=1, sort_keys=True).encode()
 
     @classmethod
@@ -244,7 +261,7 @@ class Journal:
             body = json.loads(data)
             if not isinstance(body, dict):
                 raise TypeError("not a JSON object")
-            body.pop("format", None)
+            _check_format(body.pop("format", 1), "update journal")
             body["state"] = State(body["state"])
             body["kind"] = Kind(body.get("kind", "update"))
             # Journals of older agents kept the rollout id as text.

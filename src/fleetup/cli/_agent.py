@@ -206,13 +206,21 @@ def _report_outcome(ctx: click.Context, outcome: Outcome, as_json: bool,
 
 
 @agent.command()
+@click.option("--probation", "probation", default=None, hidden=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Prove this fleetup to the agent that started it; write the proof here.")
 @click.pass_context
-def run(ctx: click.Context) -> None:
+def run(ctx: click.Context, probation: Path | None) -> None:
     """The daemon: poll, update, supervise the app, run modules; stops cleanly on SIGTERM."""
     from fleetup.agent import build_daemon
 
     config = _config(ctx)
     _setup_logs(config, ctx, console="INFO")
+    if probation is not None:
+        from fleetup.agent._self_update import prove
+
+        prove(config, probation)
+        return
     daemon, api = build_daemon(config)
     daemon.install_signal_handlers()
     if api is not None:
@@ -222,6 +230,10 @@ def run(ctx: click.Context) -> None:
     finally:
         if api is not None:
             api.stop()
+    if daemon.handover:
+        from fleetup.agent._self_update import exec_handover
+
+        exec_handover(daemon.handover)
     ctx.exit(code)
 
 

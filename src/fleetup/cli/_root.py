@@ -45,6 +45,12 @@ class LazyGroup(click.Group):
 
             assert isinstance(command, click.Group)
             command.add_command(push)
+        if cmd_name in ("release", "agent"):
+            from fleetup.cli import _self_update
+
+            assert isinstance(command, click.Group)
+            command.add_command(_self_update.add_agent if cmd_name == "release"
+                                else _self_update.install_self)
         return command
 
     def format_commands(self, ctx: click.Context, formatter: Any) -> None:
