@@ -65,6 +65,9 @@ class EventType(enum.StrEnum):
     ROLLED_BACK = "rolled-back"
     ROLLBACK = "rollback"  # an order (operator, fleet server, yank) to go back
     ERROR = "error"
+    # The release a device runs, re-checked every ``[health] interval``: ``details.ok``.
+    # Not an update outcome; the control-group gate (``server._gate``) reads it.
+    HEALTH_REPORT = "health-report"
 
 
 class DeviceState(enum.StrEnum):

@@ -47,22 +47,17 @@ from fleetup.errors import FleetupError, ServerAPIError
 from fleetup.server import _crud
 from fleetup.server._auth import TokenKind, hash_token
 from fleetup.server._background import cancel_all, every, when_woken
-from fleetup.server._models import Device, utcnow
-from fleetup.server._operations import apply_rollout_event
+from fleetup.server._models import Device, Rollout, utcnow
+from fleetup.server._operations import evaluate_rollout
 from fleetup.server._push import Pusher, PushState, push_changes, push_state
 from fleetup.server._rollouts import (
     Action,
     Decision,
     DeviceView,
     Offer,
-    RolloutEvent,
     RolloutPlan,
     RolloutState,
     decide,
-    outcomes,
-    stage_stats,
-    stage_verdict,
-    verdict_event,
 )
 from fleetup.server._schemas import CheckinRequest, CheckinResponse
 from fleetup.server._settings import Settings
@@ -385,24 +380,36 @@ class Fleet:
             return False
         with self.sessions() as session:
             for row in _crud.list_rollouts(session, state=RolloutState.ACTIVE.value):
-                plan, seen_revision = _crud.plan_of(row), row.revision
-                scope = self._scope_cohorts(session, plan)
-                results = outcomes(_crud.rollout_outcome_events(session, rollout_id=plan.id))
-                offered = _crud.rollout_offered_stages(session, rollout_id=plan.id)
-                verdict = stage_verdict(plan, stage_stats(plan, scope, results, offered), now)
-                event = verdict_event(verdict)
-                # End the read transaction before the write. The change applies only if
-                # the rollout is still at the revision this verdict was made from.
-                session.rollback()
-                if event is None:
-                    continue
-                values: dict[str, Any] = {}
-                if event is RolloutEvent.ADVANCE:
-                    values = {"stage_index": plan.stage_index + 1, "stage_started_at": now}
-                changed |= apply_rollout_event(
-                    session, rollout_id=plan.id, seen_revision=seen_revision, event=event,
-                    actor="system", reason=verdict.reason, **values)
+                plan = _crud.plan_of(row)
+                changed |= evaluate_rollout(session, plan, row.revision,
+                                            self._scope_cohorts(session, plan), now)
         return changed
+
+    def evaluate_reported(self, rollout_ids: set[int]) -> None:
+        """Judge these rollouts now: a stored report may have crossed a threshold, and
+        waiting for the tick (and a cache refresh) lets more devices take a bad release.
+
+        The same judgement as the tick (:func:`_operations.evaluate_rollout`); without
+        the lease, as each change applies only at the revision it was judged from.
+        Safe to call from a worker thread.
+        """
+        changed = False
+        with self.sessions() as session:
+            for rollout_id in sorted(rollout_ids):
+                row = session.get(Rollout, rollout_id)
+                if row is None or row.state != RolloutState.ACTIVE.value:
+                    continue
+                plan = _crud.plan_of(row)
+                changed |= evaluate_rollout(session, plan, row.revision,
+                                            self._scope_cohorts(session, plan), self.clock())
+        if changed:
+            self.changed()
+
+    def gated_rollouts(self, app: str) -> set[int]:
+        """Active rollouts of ``app`` with a control-group gate (from the cache)."""
+        return {o.rollout.id for o in self.offers.get(app, ())
+                if o.rollout.state == RolloutState.ACTIVE
+                and o.rollout.max_failure_increase is not None}
 
     def _take_lead(self) -> bool:
         ttl = timedelta(seconds=max(1.0, 3 * self.settings.rollout_tick_seconds))
