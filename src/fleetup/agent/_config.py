@@ -134,6 +134,9 @@ class HealthConfig:
     startup_grace: float = 2.0
     crash_loop_restarts: int = 3
     crash_loop_window: float = 60.0
+    # Re-run the running release's health check every this many seconds and report it
+    # (``health-report``: the fleet's control-group gate); 0 = off.
+    interval: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,14 +334,22 @@ def _process(raw: Mapping[str, Any]) -> ProcessConfig:
 
 def _health(raw: Mapping[str, Any]) -> HealthConfig:
     _no_unknown(raw, {"command", "url", "timeout", "startup_grace", "crash_loop_restarts",
-                      "crash_loop_window"}, "health.")
+                      "crash_loop_window", "interval"}, "health.")
     timeout = raw.get("timeout")
     return HealthConfig(
         command=_argv(raw, "command", "health."), url=_opt(raw, "url", str, "health."),
         timeout=None if timeout is None else _positive(raw, "timeout", 30.0, "health."),
         startup_grace=_get(raw, "startup_grace", float, 2.0, prefix="health."),
         crash_loop_restarts=_get(raw, "crash_loop_restarts", int, 3, prefix="health."),
-        crash_loop_window=_positive(raw, "crash_loop_window", 60.0, "health."))
+        crash_loop_window=_positive(raw, "crash_loop_window", 60.0, "health."),
+        interval=_interval(raw))
+
+
+def _interval(raw: Mapping[str, Any]) -> float:
+    value = _get(raw, "interval", float, 0.0, prefix="health.")
+    if value < 0:
+        raise ConfigError(f"health.interval must be 0 (off) or positive, not {value}")
+    return value
 
 
 def _modules(raw: Mapping[str, Any]) -> ModulesConfig:
