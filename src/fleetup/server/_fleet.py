@@ -386,13 +386,27 @@ class Fleet:
         return changed
 
     def evaluate_reported(self, rollout_ids: set[int]) -> None:
-        """Judge these rollouts now: a stored report may have crossed a threshold, and
-        waiting for the tick (and a cache refresh) lets more devices take a bad release.
+        """Judge these rollouts soon, not at the next tick: a stored report may have
+        crossed a threshold, and waiting for the tick (and a cache refresh) lets more
+        devices take a bad release. Safe to call from any thread; does not wait.
 
-        The same judgement as the tick (:func:`_operations.evaluate_rollout`); without
-        the lease, as each change applies only at the revision it was judged from.
-        Safe to call from a worker thread.
+        This process's buffered offers are written first (only offered devices count,
+        and the reporting device was most likely offered the release here).
         """
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._judge_reported(set(rollout_ids)),
+                                             self._loop)
+
+    async def _judge_reported(self, rollout_ids: set[int]) -> None:
+        try:
+            await self.flush()
+            await asyncio.to_thread(self.judge_now, rollout_ids)
+        except Exception:  # the tick judges it again; a report must not be lost for this
+            log.exception("judging rollouts %s after a report failed", sorted(rollout_ids))
+
+    def judge_now(self, rollout_ids: set[int]) -> None:
+        """The same judgement as the tick (:func:`_operations.evaluate_rollout`), without
+        the lease: each change applies only at the revision it was judged from."""
         changed = False
         with self.sessions() as session:
             for rollout_id in sorted(rollout_ids):
