@@ -8,9 +8,11 @@ the report that crossed the threshold.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.integration.server.conftest import Fleet, build_fleet
@@ -43,16 +45,19 @@ def test_a_crossing_report_halts_and_on_halt_rollback_sends_devices_back(
     good, bad = fleet.device(version="1.0"), fleet.device(version="1.0")
     rollout_id = start_rollout(fleet, "1.1", "100", "--soak", "600", "--min-reports", "1",
                                "--max-failure-rate", "0.2", "--on-halt", "rollback")
-    assert act(good) == "install" and good.version == "1.1"
+    assert act(good) == "install"
+    assert good.version == "1.1"
     assert act(bad, healthy=False) == "install"  # its health-failed crosses 20 %
     wait_for(lambda: rollout(fleet, rollout_id)["state"] == "aborted",
              what="the halt on the crossing report")
     info = rollout(fleet, rollout_id)
-    assert info["rollback"] is True and info["on_halt"] == "rollback"
+    assert info["rollback"] is True
+    assert info["on_halt"] == "rollback"
     assert "failure rate 50.0%" in info["state_reason"]
     assert audit_actions(fleet)[-2:] == ["rollout.pause", "rollout.abort"]
     wait_for(lambda: (act(good), good.version == "1.0")[1], what="the good device back")
-    assert act(bad) == "none" and bad.version == "1.0"
+    assert act(bad) == "none"
+    assert bad.version == "1.0"
 
 
 def test_the_control_gate_halts_on_an_increase_over_the_devices_still_on_1_0(
@@ -79,9 +84,32 @@ def test_the_control_gate_halts_on_an_increase_over_the_devices_still_on_1_0(
     gate = info["stats"]["gate"]
     assert gate["treated"] == {"devices": 3, "failures": 3, "failure_rate": 1.0}
     assert gate["control"] == {"devices": 20, "failures": 0, "failure_rate": 0.0}
-    assert gate["verdict"] == "halt" and gate["p_value"] < 0.1
-    assert "3/3" in info["state_reason"] and "0/20" in info["state_reason"]
+    assert gate["verdict"] == "halt"
+    assert gate["p_value"] < 0.1
+    assert "3/3" in info["state_reason"]
+    assert "0/20" in info["state_reason"]
     assert all(act(d) == "none" for d in control)  # paused: nobody else gets it
+    page = dashboard_page(fleet, f"/rollouts/{rollout_id}")
+    assert 'id="control-gate"' in page
+    groups = page[page.index('id="gate-groups"'):page.index("</table>", page.index(
+        'id="gate-groups"'))]
+    assert re.search(r"Failing</th><td>3</td><td>0</td>", groups)
+    assert "halt" in page
+    assert "z = " in page
+
+
+def dashboard_page(fleet: Fleet, path: str) -> str:
+    """Sign in as the viewer (the login form's CSRF token included) and read a page."""
+    with httpx.Client(base_url=fleet.server.url, follow_redirects=False) as browser:
+        form = browser.get("/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert csrf is not None
+        signed_in = browser.post("/login", data={"token": fleet.tokens["viewer"],
+                                                 "csrf": csrf[1]})
+        assert signed_in.status_code == 303, signed_in.text
+        page = browser.get(path)
+        assert page.status_code == 200
+        return page.text
 
 
 def test_a_completed_rollout_is_reverted_and_the_interval_is_the_operators(
@@ -99,7 +127,8 @@ def test_a_completed_rollout_is_reverted_and_the_interval_is_the_operators(
         assert devices[0].checkin()["next_check_seconds"] == 7
         refused = cli("rollout", "abort", str(rollout_id), "--server", fleet.server.url,
                       token=fleet.tokens["publisher"], check=False)
-        assert refused.returncode != 0 and "revert it" in refused.stderr
+        assert refused.returncode != 0
+        assert "revert it" in refused.stderr
         cli("rollout", "revert", str(rollout_id), "--server", fleet.server.url,
             token=fleet.tokens["publisher"])
         assert rollout(fleet, rollout_id)["state"] == "aborted"
