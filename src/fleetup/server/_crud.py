@@ -476,16 +476,17 @@ def health_reports(session: Session, *, plan: RolloutPlan, limit: int = 200_000
                    ) -> list[tuple[str, str | None, bool]]:
     """(device id, version it ran, ok) of the ``health-report`` events of the rollout's
     app and channel since it started, oldest first: the control gate's evidence (the
-    treated and the control group over the same window). ``limit`` bounds the read."""
+    treated and the control group over the same window). ``limit`` bounds the read to
+    the newest reports (each device's latest is what counts)."""
     where = [Event.type == EventType.HEALTH_REPORT.value, Device.app == plan.app,
              Device.channel == plan.channel]
     if plan.created_at is not None:
         where.append(Event.received_at >= plan.created_at)
-    rows = session.execute(
+    rows = list(session.execute(
         select(Event.device_id, Event.version, Event.details)
         .join(Device, Device.id == Event.device_id).where(*where)
-        .order_by(Event.received_at).limit(limit))
-    return [(r[0], r[1], (r[2] or {}).get("ok") is True) for r in rows]
+        .order_by(Event.received_at.desc()).limit(limit)))  # the newest, if over limit
+    return [(r[0], r[1], (r[2] or {}).get("ok") is True) for r in reversed(rows)]
 
 
 def rollout_outcome_events(session: Session, *, rollout_id: int) -> list[tuple[str, str]]:
