@@ -69,6 +69,9 @@ class EventType(enum.StrEnum):
     # replace it: it stays, and says so once, so that the server can alert.
     RUNNING_YANKED = "running-yanked"
     UPDATE_HELD = "update-held"  # staged, but the device's pre-update check said "not now"
+    # The release a device runs, re-checked every ``[health] interval``: ``details.ok``.
+    # Not an update outcome; the control-group gate (``server._gate``) reads it.
+    HEALTH_REPORT = "health-report"
 
 
 class DeviceState(enum.StrEnum):

@@ -122,6 +122,7 @@ class FleetServer:
     workers: int = 1
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    args: tuple[str, ...] = ()  # more ``fleetup server`` options
 
     @property
     def url(self) -> str:
@@ -134,7 +135,7 @@ class FleetServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "fleetup", "server", "--data", str(self.data),
              "--db", self.db_url, "--port", str(self.port), "--workers", str(self.workers),
-             "--log-level", "warning"],
+             "--log-level", "warning", *self.args],
             cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

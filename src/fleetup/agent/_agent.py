@@ -674,6 +674,24 @@ class Agent:
                                   update_id=j.update_id, rollout_id=j.rollout_id, reason=reason))
         return self._advance(j, Event.HEALTH_FAILED, reason=reason, blame=True)
 
+    def report_health(self) -> str | None:
+        """Re-run the running release's health check and report it (``health-report``,
+        ``details.ok``): the fleet compares devices on a new release with those still on
+        the old one. Returns why it failed (``None``: healthy, or nothing installed)."""
+        installed = self.store.installed_version()
+        if installed is None:
+            return None
+        try:
+            signed = self.store.load_manifest(installed)[1].health
+        except FleetupError:  # no manifest kept (an old install): the local check only
+            signed = None
+        plan = plan_health(signed, self.config.health, app_restarted=False)
+        reason = run_health_check(plan, cwd=self.store.layout.current, env=self.app_env(),
+                                  app=self.restarter, clock=self.monotonic, sleep=self.sleep)
+        self.sink.emit(AgentEvent(EventType.HEALTH_REPORT, version=installed,
+                                  reason=reason or "", details={"ok": reason is None}))
+        return reason
+
     def _roll_back(self, j: Journal) -> Journal:
         restore = self._restorable(j)
         self.store.point_current(restore)

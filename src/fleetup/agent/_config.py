@@ -158,6 +158,9 @@ class HealthConfig:
     # Run before each switch (busy? battery? disk space?): non-zero holds the update back
     # until the next cycle, without blaming the release.
     pre_command: tuple[str, ...] = ()
+    # Re-run the running release's health check every this many seconds and report it
+    # (``health-report``: the fleet's control-group gate); 0 = off.
+    interval: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,7 +411,7 @@ def _process(raw: Mapping[str, Any]) -> ProcessConfig:
 
 def _health(raw: Mapping[str, Any]) -> HealthConfig:
     _no_unknown(raw, {"command", "url", "timeout", "startup_grace", "crash_loop_restarts",
-                      "crash_loop_window", "pre_command"}, "health.")
+                      "crash_loop_window", "pre_command", "interval"}, "health.")
     timeout = raw.get("timeout")
     return HealthConfig(
         command=_argv(raw, "command", "health."), url=_opt(raw, "url", str, "health."),
@@ -416,7 +419,15 @@ def _health(raw: Mapping[str, Any]) -> HealthConfig:
         startup_grace=_get(raw, "startup_grace", float, 2.0, prefix="health."),
         crash_loop_restarts=_get(raw, "crash_loop_restarts", int, 3, prefix="health."),
         crash_loop_window=_positive(raw, "crash_loop_window", 60.0, "health."),
-        pre_command=_argv(raw, "pre_command", "health."))
+        pre_command=_argv(raw, "pre_command", "health."),
+        interval=_interval(raw))
+
+
+def _interval(raw: Mapping[str, Any]) -> float:
+    value = _get(raw, "interval", float, 0.0, prefix="health.")
+    if value < 0:
+        raise ConfigError(f"health.interval must be 0 (off) or positive, not {value}")
+    return value
 
 
 def _modules(raw: Mapping[str, Any]) -> ModulesConfig:

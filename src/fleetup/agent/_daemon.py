@@ -46,7 +46,7 @@ log = logging.getLogger("fleetup.agent")
 class Request:
     """Work asked of the daemon from outside the poll schedule (the status API)."""
 
-    kind: str  # "check" | "update" | "rollback" | "apply"
+    kind: str  # "check" | "update" | "rollback" | "apply" | "health"
     version: str | None = None
     download_only: bool = False  # an update that stops once staged (the poll's, by policy)
     result: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
@@ -102,6 +102,8 @@ class Daemon:
                 self.push.start()
             next_poll = self.clock()
             next_tick = self.clock() + config.modules.tick_interval
+            every = config.health.interval
+            next_health = self.clock() + every if every > 0 else float("inf")
             while not self.stop.is_set():
                 now = self.clock()
                 if not self._busy():
@@ -110,6 +112,9 @@ class Daemon:
                     elif self._woken(now) or now >= next_poll:
                         self._start(Request("update", download_only=self._stages_only()))
                         next_poll = now + self._interval()
+                    elif now >= next_health:  # after any update: report what runs
+                        self._start(Request("health"))
+                        next_health = now + every
                 if self.supervisor is not None:
                     self._poll_app()
                 if self.modules is not None and now >= next_tick and not self._busy():
@@ -167,6 +172,8 @@ class Daemon:
         try:
             if request.kind == "check":
                 value: Any = self.agent.check(request.version)
+            elif request.kind == "health":
+                value = self.agent.report_health()
             elif request.kind == "rollback":
                 value = self.agent.rollback(request.version)
             elif request.kind == "apply":

@@ -282,6 +282,9 @@ class FleetDirector:
                           self.config.policy, now, wanted)
         self.sink.flush()  # the server should know what happened before it decides
         journal_state = self.client.store.load_journal().state
+        # The server's interval wins while it answers (it spreads the fleet's load); if
+        # this check-in fails, the agent's own poll_interval applies until it answers.
+        self._next = None
         answer = self.client.checkin({
             "device_id": device.device_id, "app": device.app, "platform": device.platform,
             "channel": device.channel, "tags": dict(self.config.tags),

@@ -37,6 +37,17 @@ _SPEC_OPTIONS = (
                  show_default=True, help="Pause the rollout above this share of failures."),
     click.option("--group", "groups", multiple=True, metavar="TAG=VALUE",
                  help="Only devices with this tag (repeat: all must match)."),
+    click.option("--max-failure-increase", type=click.FloatRange(0, 1), default=None,
+                 help="Control-group gate: halt when the health-report failure rate of "
+                      "devices on the release exceeds that of devices still on another "
+                      "version by more than this (e.g. 0.02). [default: no gate]"),
+    click.option("--confidence", type=click.FloatRange(0.5, 1, max_open=True),
+                 default=0.95, show_default=True,
+                 help="Confidence the gate's one-sided test needs to halt."),
+    click.option("--on-halt", type=click.Choice(["pause", "rollback"]), default="pause",
+                 show_default=True,
+                 help="What a halt does: pause, or send the devices that took the "
+                      "release back (an abort with rollback, with no operator)."),
     json_option,
 )
 
@@ -49,22 +60,26 @@ def _spec_options(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def _spec(app: str, version: str, channel: str, stages: str, soak: int, min_reports: int,
-          max_failure_rate: float, groups: tuple[str, ...]) -> dict[str, Any]:
+          max_failure_rate: float, groups: tuple[str, ...], **gate: Any) -> dict[str, Any]:
+    """The request body; ``gate``: ``max_failure_increase``, ``confidence``, ``on_halt``."""
     return {"app": app, "version": version, "channel": channel,
             "stages": _parse_stages(stages), "soak_seconds": soak,
             "min_reports": min_reports, "max_failure_rate": max_failure_rate,
-            "group": parse_group(groups, label="--group")}
+            "group": parse_group(groups, label="--group"), **gate}
 
 
 @rollout.command("start")
 @_spec_options
 def start(server: str, app: str, version: str, channel: str, stages: str, soak: int,
           min_reports: int, max_failure_rate: float, groups: tuple[str, ...],
+          max_failure_increase: float | None, confidence: float, on_halt: str,
           as_json: bool) -> None:
     """Start a staged rollout of APP VERSION on CHANNEL."""
     from fleetup.cli._api import operator_client, request_json
 
-    body = _spec(app, version, channel, stages, soak, min_reports, max_failure_rate, groups)
+    body = _spec(app, version, channel, stages, soak, min_reports, max_failure_rate, groups,
+                 max_failure_increase=max_failure_increase, confidence=confidence,
+                 on_halt=on_halt)
     with operator_client(server) as client:
         result = request_json(client, "POST", "/api/v1/rollouts", json=body)
     if as_json:
@@ -79,12 +94,15 @@ def start(server: str, app: str, version: str, channel: str, stages: str, soak: 
 @_spec_options
 def dry_run(server: str, app: str, version: str, channel: str, stages: str, soak: int,
             min_reports: int, max_failure_rate: float, groups: tuple[str, ...],
+            max_failure_increase: float | None, confidence: float, on_halt: str,
             as_json: bool) -> None:
     """How many devices each stage would reach if this rollout started now (changes
     nothing; cohorts are drawn for the id the rollout would get)."""
     from fleetup.cli._api import operator_client, request_json
 
-    body = _spec(app, version, channel, stages, soak, min_reports, max_failure_rate, groups)
+    body = _spec(app, version, channel, stages, soak, min_reports, max_failure_rate, groups,
+                 max_failure_increase=max_failure_increase, confidence=confidence,
+                 on_halt=on_halt)
     with operator_client(server) as client:
         result = request_json(client, "POST", "/api/v1/rollouts/dry-run", json=body)
     if as_json:
@@ -142,6 +160,8 @@ def _print_status(info: dict[str, Any]) -> None:
                   f"{stats['total_reports']} reports, {stats['total_failures']} failures",
                   markup=False)
         out().print(f"  next: {stats['next']}", markup=False)
+    if gate := stats.get("gate"):
+        out().print(f"  control gate ({gate['verdict']}): {gate['reason']}", markup=False)
 
 
 def _control(rollout_id: int, server: str, action: str, as_json: bool,
@@ -193,8 +213,20 @@ def advance(rollout_id: int, server: str, as_json: bool) -> None:
 @click.option("--reason", default="", help="Why, for the audit log and the devices.")
 @json_option
 def abort(rollout_id: int, server: str, rollback: bool, reason: str, as_json: bool) -> None:
-    """End the rollout for good (optionally rolling its devices back)."""
+    """End the rollout for good (optionally rolling its devices back); a completed
+    rollout can only be ended with --rollback (see ``revert``)."""
     _control(rollout_id, server, "abort", as_json, {"rollback": rollback, "reason": reason})
+
+
+@rollout.command("revert")
+@click.argument("rollout_id", type=int)
+@_server_option
+@click.option("--reason", default="", help="Why, for the audit log and the devices.")
+@json_option
+def revert(rollout_id: int, server: str, reason: str, as_json: bool) -> None:
+    """Send the devices that took the release back, even after the rollout completed
+    (an abort with rollback)."""
+    _control(rollout_id, server, "abort", as_json, {"rollback": True, "reason": reason})
 
 
 @rollout.command("list")

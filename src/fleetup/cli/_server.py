@@ -30,10 +30,15 @@ from fleetup.errors import UsageError
 @click.option("--nats", "nats_url", default=None, metavar="URL",
               help="NATS server to push 'check now' to devices when a rollout changes "
                    "(e.g. nats://127.0.0.1:4222; needs fleetup[push]). [default: poll only]")
+@click.option("--checkin-interval", type=click.IntRange(1, 86_400), default=None,
+              metavar="SECONDS",
+              help="How often devices in fleet mode check in (the server's answer wins "
+                   "over the agent's poll_interval; spread by the jitter). "
+                   "[default: $FLEETUP_SERVER_CHECKIN_INTERVAL or 300]")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def server(db_url: str | None, data_dir: Path, host: str, port: int, workers: int,
-           nats_url: str | None, log_level: str) -> None:
+           nats_url: str | None, checkin_interval: int | None, log_level: str) -> None:
     """Run the fleet server: REST API under /api/v1, signed repository under /repo/."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
@@ -45,6 +50,8 @@ def server(db_url: str | None, data_dir: Path, host: str, port: int, workers: in
         os.environ["FLEETUP_SERVER_DB_URL"] = db_url
     if nats_url:
         os.environ["FLEETUP_SERVER_NATS_URL"] = nats_url
+    if checkin_interval is not None:  # the flag wins; the variable stays the fallback
+        os.environ["FLEETUP_SERVER_CHECKIN_INTERVAL"] = str(checkin_interval)
     settings = Settings()  # also reads any other FLEETUP_SERVER_* the caller set
     if settings.nats_url:
         import_nats()

@@ -17,7 +17,7 @@ from sqlalchemy import Select, Table, and_, bindparam, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from fleetup._protocol import OUTCOME_EVENTS
+from fleetup._protocol import OUTCOME_EVENTS, EventType
 from fleetup.errors import ServerAPIError
 from fleetup.server import _notify
 from fleetup.server._auth import Role, TokenKind, hash_token, new_token, reset_hash, same_hash
@@ -430,12 +430,15 @@ def list_releases(session: Session, *, app: str | None = None, version: str | No
 
 def create_rollout(session: Session, *, app: str, version: str, channel: str,
                    stages: Sequence[float], soak_seconds: int, min_reports: int,
-                   max_failure_rate: float, group: Mapping[str, str], created_by: str
-                   ) -> Rollout:
+                   max_failure_rate: float, group: Mapping[str, str], created_by: str,
+                   max_failure_increase: float | None = None, confidence: float = 0.95,
+                   on_halt: str = "pause") -> Rollout:
     now = utcnow()
     row = Rollout(app=app, version=version, channel=channel, stages=list(stages),
                   soak_seconds=soak_seconds, min_reports=min_reports,
                   max_failure_rate=max_failure_rate, group_filter=dict(group),
+                  max_failure_increase=max_failure_increase, confidence=confidence,
+                  on_halt=on_halt,
                   created_by=created_by, stage_started_at=now, created_at=now,
                   updated_at=now, state=RolloutState.ACTIVE.value, stage_index=0,
                   state_reason="started", rollback=False, base_reports=0, base_failures=0,
@@ -496,7 +499,26 @@ def plan_of(row: Rollout) -> RolloutPlan:
         min_reports=row.min_reports, max_failure_rate=row.max_failure_rate,
         state=RolloutState(row.state), group=dict(row.group_filter or {}),
         rollback=row.rollback, base_reports=row.base_reports,
-        base_failures=row.base_failures)
+        base_failures=row.base_failures, max_failure_increase=row.max_failure_increase,
+        confidence=row.confidence, on_halt_rollback=row.on_halt == "rollback",
+        created_at=row.created_at)
+
+
+def health_reports(session: Session, *, plan: RolloutPlan, limit: int = 200_000
+                   ) -> list[tuple[str, str | None, bool]]:
+    """(device id, version it ran, ok) of the ``health-report`` events of the rollout's
+    app and channel since it started, oldest first: the control gate's evidence (the
+    treated and the control group over the same window). ``limit`` bounds the read to
+    the newest reports (each device's latest is what counts)."""
+    where = [Event.type == EventType.HEALTH_REPORT.value, Device.app == plan.app,
+             Device.channel == plan.channel]
+    if plan.created_at is not None:
+        where.append(Event.received_at >= plan.created_at)
+    rows = list(session.execute(
+        select(Event.device_id, Event.version, Event.details)
+        .join(Device, Device.id == Event.device_id).where(*where)
+        .order_by(Event.received_at.desc()).limit(limit)))  # the newest, if over limit
+    return [(r[0], r[1], (r[2] or {}).get("ok") is True) for r in reversed(rows)]
 
 
 def rollout_outcome_events(session: Session, *, rollout_id: int) -> list[tuple[str, str]]:

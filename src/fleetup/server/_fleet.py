@@ -48,22 +48,17 @@ from fleetup.server import _crud
 from fleetup.server._auth import TokenKind, hash_token
 from fleetup.server._background import cancel_all, every, when_woken
 from fleetup.server._flags import FlagValue, load_flags, resolve
-from fleetup.server._models import Device, utcnow
-from fleetup.server._operations import apply_rollout_event
+from fleetup.server._models import Device, Rollout, utcnow
+from fleetup.server._operations import evaluate_rollout
 from fleetup.server._push import Pusher, PushState, push_changes, push_state
 from fleetup.server._rollouts import (
     Action,
     Decision,
     DeviceView,
     Offer,
-    RolloutEvent,
     RolloutPlan,
     RolloutState,
     decide,
-    outcomes,
-    stage_stats,
-    stage_verdict,
-    verdict_event,
 )
 from fleetup.server._schemas import CheckinRequest, CheckinResponse
 from fleetup.server._settings import Settings
@@ -406,24 +401,50 @@ class Fleet:
             return False
         with self.sessions() as session:
             for row in _crud.list_rollouts(session, state=RolloutState.ACTIVE.value):
-                plan, seen_revision = _crud.plan_of(row), row.revision
-                scope = self._scope_cohorts(session, plan)
-                results = outcomes(_crud.rollout_outcome_events(session, rollout_id=plan.id))
-                offered = _crud.rollout_offered_stages(session, rollout_id=plan.id)
-                verdict = stage_verdict(plan, stage_stats(plan, scope, results, offered), now)
-                event = verdict_event(verdict)
-                # End the read transaction before the write. The change applies only if
-                # the rollout is still at the revision this verdict was made from.
-                session.rollback()
-                if event is None:
-                    continue
-                values: dict[str, Any] = {}
-                if event is RolloutEvent.ADVANCE:
-                    values = {"stage_index": plan.stage_index + 1, "stage_started_at": now}
-                changed |= apply_rollout_event(
-                    session, rollout_id=plan.id, seen_revision=seen_revision, event=event,
-                    actor="system", reason=verdict.reason, **values)
+                plan = _crud.plan_of(row)
+                changed |= evaluate_rollout(session, plan, row.revision,
+                                            self._scope_cohorts(session, plan), now)
         return changed
+
+    def evaluate_reported(self, rollout_ids: set[int]) -> None:
+        """Judge these rollouts soon, not at the next tick: a stored report may have
+        crossed a threshold, and waiting for the tick (and a cache refresh) lets more
+        devices take a bad release. Safe to call from any thread; does not wait.
+
+        This process's buffered offers are written first (only offered devices count,
+        and the reporting device was most likely offered the release here).
+        """
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._judge_reported(set(rollout_ids)),
+                                             self._loop)
+
+    async def _judge_reported(self, rollout_ids: set[int]) -> None:
+        try:
+            await self.flush()
+            await asyncio.to_thread(self.judge_now, rollout_ids)
+        except Exception:  # the tick judges it again; a report must not be lost for this
+            log.exception("judging rollouts %s after a report failed", sorted(rollout_ids))
+
+    def judge_now(self, rollout_ids: set[int]) -> None:
+        """The same judgement as the tick (:func:`_operations.evaluate_rollout`), without
+        the lease: each change applies only at the revision it was judged from."""
+        changed = False
+        with self.sessions() as session:
+            for rollout_id in sorted(rollout_ids):
+                row = session.get(Rollout, rollout_id)
+                if row is None or row.state != RolloutState.ACTIVE.value:
+                    continue
+                plan = _crud.plan_of(row)
+                changed |= evaluate_rollout(session, plan, row.revision,
+                                            self._scope_cohorts(session, plan), self.clock())
+        if changed:
+            self.changed()
+
+    def gated_rollouts(self, app: str) -> set[int]:
+        """Active rollouts of ``app`` with a control-group gate (from the cache)."""
+        return {o.rollout.id for o in self.offers.get(app, ())
+                if o.rollout.state == RolloutState.ACTIVE
+                and o.rollout.max_failure_increase is not None}
 
     def _take_lead(self) -> bool:
         ttl = timedelta(seconds=max(1.0, 3 * self.settings.rollout_tick_seconds))

@@ -253,6 +253,10 @@ class Rollout(Base):
     # that can pause the rollout again is measured on what came after.
     base_reports: Mapped[int] = mapped_column(Integer, default=0)
     base_failures: Mapped[int] = mapped_column(Integer, default=0)
+    # The control-group gate (``_gate``; off when None) and what a halt does.
+    max_failure_increase: Mapped[float | None] = mapped_column(Float, default=None)
+    confidence: Mapped[float] = mapped_column(Float, default=0.95)
+    on_halt: Mapped[str] = mapped_column(String(20), default="pause")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str] = mapped_column(String(100), default="")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from fleetup._cohort import cohort_of
 from fleetup.errors import ServerAPIError, UsageError
 from fleetup.server import _crud, _notify
+from fleetup.server._gate import GateResult, control_gate, group_counts
 from fleetup.server._models import Release, Rollout, utcnow
 from fleetup.server._rollouts import (
     DeviceView,
@@ -35,19 +36,21 @@ from fleetup.server._rollouts import (
     Verdict,
     check_stages,
     eligibility,
+    gated_verdict,
     outcomes,
     sources_of,
     stage_reach,
     stage_stats,
     stage_verdict,
     transition,
+    verdict_event,
 )
 from fleetup.server._schemas import RolloutAbort, RolloutCreate
 from fleetup.server._store import PushOutcome, ReleaseStore
 
-__all__ = ["DryRun", "RolloutReport", "apply_rollout_event", "change_rollout",
-           "dry_run_rollout", "explain_rollout", "push_release", "report_rollout",
-           "start_rollout", "sync_releases"]
+__all__ = ["DryRun", "RolloutReport", "apply_rollout_event", "assess_rollout",
+           "change_rollout", "dry_run_rollout", "evaluate_rollout", "explain_rollout",
+           "push_release", "report_rollout", "start_rollout", "sync_releases"]
 
 
 # -- releases -------------------------------------------------------------------------
@@ -151,7 +154,9 @@ def start_rollout(session: Session, *, spec: RolloutCreate, actor: str) -> Rollo
         row = _crud.create_rollout(
             session, app=spec.app, version=spec.version, channel=spec.channel,
             stages=spec.stages, soak_seconds=spec.soak_seconds, min_reports=spec.min_reports,
-            max_failure_rate=spec.max_failure_rate, group=spec.group, created_by=actor)
+            max_failure_rate=spec.max_failure_rate, group=spec.group, created_by=actor,
+            max_failure_increase=spec.max_failure_increase, confidence=spec.confidence,
+            on_halt=spec.on_halt)
     except DBIntegrityError as e:
         session.rollback()
         raise ServerAPIError(f"{spec.app} already has an active or paused rollout on "
@@ -252,7 +257,8 @@ def apply_rollout_event(session: Session, *, rollout_id: int, seen_revision: int
 
 def change_rollout(session: Session, *, rollout_id: int, action: str, actor: str,
                    abort: RolloutAbort | None = None) -> Rollout:
-    """Pause, resume, advance or abort (optionally with rollback) a rollout.
+    """Pause, resume, advance or abort (optionally with rollback) a rollout; a
+    completed one can be reverted (aborted with rollback).
 
     Resuming restarts the stage's soak and counts failures from then on. Advancing
     moves an active rollout to its next stage now, without waiting for the soak and
@@ -269,6 +275,10 @@ def change_rollout(session: Session, *, rollout_id: int, action: str, actor: str
     if transition(plan.state, event) is None:
         raise ServerAPIError(f"rollout {rollout_id} is {row.state}: cannot {action} it",
                              "invalid_state", 409)
+    if plan.state is RolloutState.COMPLETED and not (abort and abort.rollback):
+        # A completed rollout is the channel's target: stopping it means going back.
+        raise ServerAPIError(f"rollout {rollout_id} is completed: revert it (abort with "
+                             "rollback) to send its devices back", "invalid_state", 409)
     reason, values = _operator_change(session, row, plan, event, actor, abort)
     revision = row.revision
     session.rollback()
@@ -310,6 +320,7 @@ class RolloutReport:
     stats: StageStats
     verdict: Verdict
     offered_at: dict[str, int]
+    gate: GateResult | None = None
 
 
 def report_rollout(session: Session, row: Rollout) -> RolloutReport:
@@ -317,11 +328,52 @@ def report_rollout(session: Session, row: Rollout) -> RolloutReport:
     plan = _crud.plan_of(row)
     platforms = frozenset(_crud.release_platforms(session, app=plan.app, version=plan.version))
     scope = _crud.rollout_scope(session, plan=plan, platforms=platforms)
+    return assess_rollout(session, plan, [cohort_of(k, plan.salt) for k in scope], utcnow(),
+                          platforms)
+
+
+def assess_rollout(session: Session, plan: RolloutPlan, scope: Sequence[float],
+                   now: datetime, platforms: frozenset[str] = frozenset()) -> RolloutReport:
+    """Read a rollout's evidence and judge it (``scope``: the cohorts it can reach):
+    the one judgement the evaluation tick, the report that may cross a threshold and
+    the status page all share."""
     results = outcomes(_crud.rollout_outcome_events(session, rollout_id=plan.id))
     offered_at = _crud.rollout_offered_stages(session, rollout_id=plan.id)
-    stats = stage_stats(plan, [cohort_of(k, plan.salt) for k in scope], results, offered_at)
-    return RolloutReport(plan, platforms, results, stats, stage_verdict(plan, stats, utcnow()),
-                         offered_at)
+    stats = stage_stats(plan, scope, results, offered_at)
+    gate = None
+    if plan.max_failure_increase is not None:
+        treated, control = group_counts(_crud.health_reports(session, plan=plan),
+                                        plan.version)
+        gate = control_gate(treated, control, max_increase=plan.max_failure_increase,
+                            confidence=plan.confidence, min_each=plan.min_reports)
+    verdict = gated_verdict(plan, stage_verdict(plan, stats, now), gate)
+    return RolloutReport(plan, platforms, results, stats, verdict, offered_at, gate)
+
+
+def evaluate_rollout(session: Session, plan: RolloutPlan, seen_revision: int,
+                     scope: Sequence[float], now: datetime) -> bool:
+    """Judge one rollout and apply the verdict (as the system); returns whether it
+    changed. With ``--on-halt rollback`` a halt is followed by an abort with rollback,
+    through the same transition table as an operator's."""
+    report = assess_rollout(session, plan, scope, now)
+    event = verdict_event(report.verdict)
+    # End the read transaction before the write. The change applies only if the
+    # rollout is still at the revision this verdict was made from.
+    session.rollback()
+    if event is None:
+        return False
+    values: dict[str, Any] = {}
+    if event is RolloutEvent.ADVANCE:
+        values = {"stage_index": plan.stage_index + 1, "stage_started_at": now}
+    reason = report.verdict.reason
+    if not apply_rollout_event(session, rollout_id=plan.id, seen_revision=seen_revision,
+                               event=event, actor="system", reason=reason, **values):
+        return False
+    if event is RolloutEvent.HALT and plan.on_halt_rollback:
+        apply_rollout_event(session, rollout_id=plan.id, seen_revision=seen_revision + 1,
+                            event=RolloutEvent.ABORT, actor="system", rollback=True,
+                            reason=f"halted and rolled back (--on-halt rollback): {reason}")
+    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,10 @@ evaluator's verdicts are both :class:`RolloutEvent`)::
       │  └──resume (operator)──┐                      (stays the channel's target)
       ├──pause (operator) / halt (failure rate > max with enough reports)──▶ paused
       └──abort [--rollback] (operator, from active or paused)─────────▶ aborted
+    completed ──abort --rollback / revert (operator)──────────────────▶ aborted
+
+A halt of a rollout started with ``--on-halt rollback`` is followed, by the evaluator,
+by an abort with rollback: the same two rows an operator's pause and abort would take.
 
 Rollback orders. An abort with rollback sends back only the devices the rollout
 offered its release to and that run it (``Offer.rollback_to``: the version each ran
@@ -53,6 +57,7 @@ from fleetup._cohort import cohort_of
 from fleetup._facts import release_target_path
 from fleetup._protocol import FAILURE_EVENTS, SUCCESS_EVENTS, CheckinAction, OutcomeKind, settle
 from fleetup.errors import UsageError
+from fleetup.server._gate import GateResult, GateVerdict
 
 __all__ = [
     "FAILURE_EVENTS",
@@ -73,6 +78,7 @@ __all__ = [
     "VerdictKind",
     "decide",
     "eligibility",
+    "gated_verdict",
     "matches_group",
     "outcomes",
     "parse_stages",
@@ -114,6 +120,8 @@ TRANSITIONS: Mapping[tuple[RolloutState, RolloutEvent], RolloutState] = {
     (_S.ACTIVE, _E.ABORT): _S.ABORTED,
     (_S.PAUSED, _E.RESUME): _S.ACTIVE,
     (_S.PAUSED, _E.ABORT): _S.ABORTED,
+    # A revert: a bad release found after 100 % goes back (abort with rollback).
+    (_S.COMPLETED, _E.ABORT): _S.ABORTED,
 }
 
 
@@ -199,6 +207,12 @@ class RolloutPlan:
     rollback: bool = False
     base_reports: int = 0
     base_failures: int = 0
+    # The control-group gate (``_gate``): off when ``max_failure_increase`` is None.
+    max_failure_increase: float | None = None
+    confidence: float = 0.95
+    # A halt is followed by an abort with rollback (``--on-halt rollback``).
+    on_halt_rollback: bool = False
+    created_at: datetime | None = None
 
     @property
     def salt(self) -> str:
@@ -501,6 +515,18 @@ def stage_verdict(plan: RolloutPlan, stats: StageStats, now: datetime) -> Verdic
         return Verdict(VerdictKind.COMPLETE, f"stage {plan.percent:g}% healthy: completed")
     return Verdict(VerdictKind.ADVANCE, f"stage {plan.percent:g}% healthy: advancing to "
                                         f"{plan.stages[plan.stage_index + 1]:g}%")
+
+
+def gated_verdict(plan: RolloutPlan, verdict: Verdict, gate: GateResult | None) -> Verdict:
+    """The stage verdict, overridden by a halt of the control-group gate (``_gate``).
+
+    The gate only halts: it does not hold a healthy stage back while its groups are
+    still small (a control group shrinks to nothing as a rollout nears 100 %).
+    """
+    if (gate is None or gate.verdict is not GateVerdict.HALT
+            or plan.state != RolloutState.ACTIVE or verdict.kind is VerdictKind.PAUSE):
+        return verdict
+    return Verdict(VerdictKind.PAUSE, gate.reason)
 
 
 # -- dry run --------------------------------------------------------------------------

@@ -440,6 +440,14 @@ class RolloutBase(BaseModel):
     min_reports: Annotated[int, Field(ge=0, le=1_000_000)] = 5
     max_failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.05
     group: Tags = Field(default_factory=dict)
+    max_failure_increase: Annotated[float | None, Field(ge=0, le=1)] = Field(
+        default=None, description="Control-group gate: halt when the health-report "
+        "failure rate of devices on the release exceeds that of devices still on another "
+        "version by more than this, at ``confidence`` (None: no gate).")
+    confidence: Annotated[float, Field(ge=0.5, lt=1)] = 0.95
+    on_halt: Literal["pause", "rollback"] = Field(
+        default="pause", description="What a halt does: pause, or abort with rollback "
+                                     "(devices that took the release go back).")
 
 
 class RolloutCreate(RolloutBase, _NoNul):
@@ -460,6 +468,27 @@ class RolloutStats(BaseModel):
     total_reports: int
     total_failures: int
     next: str
+    gate: RolloutGate | None = None
+
+
+class RolloutGroup(BaseModel):
+    devices: int
+    failures: int
+    failure_rate: float
+
+
+class RolloutGate(BaseModel):
+    """The control-group gate's numbers (see ``server._gate``)."""
+
+    verdict: Literal["pass", "halt", "wait"]
+    treated: RolloutGroup
+    control: RolloutGroup
+    difference: float
+    max_failure_increase: float
+    confidence: float
+    z: float
+    p_value: float
+    reason: str
 
 
 class RolloutPublic(RolloutBase):

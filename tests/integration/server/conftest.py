@@ -79,7 +79,7 @@ class Fleet:
 
 
 def build_fleet(tmp_path: Path, db_url: str, env: dict[str, str] | None = None,
-                workers: int = 1) -> Fleet:
+                workers: int = 1, args: tuple[str, ...] = ()) -> Fleet:
     repo, work, data = tmp_path / "pub", tmp_path / "work", tmp_path / "data"
     init_repo(repo)
     publish(repo, work, "1.0")
@@ -87,7 +87,7 @@ def build_fleet(tmp_path: Path, db_url: str, env: dict[str, str] | None = None,
     for version in ("1.1", "1.2"):  # signed for beta too: 1.0 is for stable only
         publish(repo, work, version, channels=("stable", "beta"))
     tokens = make_tokens(db_url)
-    server = FleetServer(data, db_url, env or {}, workers).start()
+    server = FleetServer(data, db_url, env or {}, workers, args=args).start()
     return Fleet(server, repo, work, tokens)
 
 

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Any
@@ -991,3 +991,25 @@ def test_repair_needs_the_source(device: Device) -> None:
     with pytest.raises(NetworkError):
         device.agent.verify(repair=True)
     assert device.agent.verify().damaged == {"1.0": ["VERSION"]}
+
+
+def test_the_running_release_reports_its_health_again(make_repo: Callable[..., SampleRepo],
+                                                      tmp_path: Path) -> None:
+    # issue 15 §2: ``[health] interval`` re-runs the check; the daemon calls this.
+    repo = make_repo("1.0")
+    sink = Sink()
+    source = FakeSource(repo.path)
+    agent = Agent(agent_config(tmp_path / "device"), source_factory=lambda: source, sink=sink)
+    assert agent.report_health() is None
+    assert sink.events == []  # nothing installed: nothing to report
+    agent.update()
+    assert agent.report_health() is None
+    report = sink.events[-1]
+    assert (report.type, report.version, dict(report.details)) == (
+        "health-report", "1.0", {"ok": True})
+    agent.config = replace(agent.config, health=replace(agent.config.health,
+                                                        command=("false",)))
+    assert agent.report_health()
+    report = sink.events[-1]
+    assert (report.type, dict(report.details)) == ("health-report", {"ok": False})
+    assert report.reason

@@ -113,6 +113,7 @@ timeout = 12
 startup_grace = 0.5
 crash_loop_restarts = 5
 crash_loop_window = 30
+interval = 300
 
 [modules]
 enabled = false
@@ -148,7 +149,7 @@ level = "debug"
     assert config.health == HealthConfig(command=("./check", "-q"),
                                          url="http://127.0.0.1:9000/health", timeout=12.0,
                                          startup_grace=0.5, crash_loop_restarts=5,
-                                         crash_loop_window=30.0)
+                                         crash_loop_window=30.0, interval=300.0)
     assert config.modules == ModulesConfig(enabled=False, tick_interval=2.0, hook_timeout=1.5)
     assert config.status_api == StatusApiConfig(enabled=True, port=9100)
     assert (config.log_json, config.log_level) == (True, "DEBUG")

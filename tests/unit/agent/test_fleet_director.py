@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from fleetup._facts import ReleaseFacts
 from fleetup._versions import UpdateType
 from fleetup.agent._choice import RollbackTo
 from fleetup.agent._config import AgentConfig
 from fleetup.agent._fleet import fleet_parts
+from fleetup.errors import FleetupError
 from tests.unit.agent.test_choice import NOW, device, rel
 
 
@@ -88,3 +90,27 @@ def test_flags_are_kept_for_the_app_and_choose_nothing(tmp_path: Path) -> None:
         answer["flags"] = bad
         director.decide(device("1.1"), source, NOW)  # type: ignore[arg-type]
         assert director.client.store.load_flags() == stored
+
+
+def test_the_servers_interval_wins_until_the_server_stops_answering(tmp_path: Path) -> None:
+    # issue 15 §4: fleet mode follows next_check_seconds; poll_interval while unreachable.
+    config = AgentConfig(app="hello", root=tmp_path, trusted_root=tmp_path / "root.json",
+                         server_url="http://fleet.invalid/", enrollment_token="e",
+                         platform="linux-x86_64", poll_interval=3600)
+    down = False
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/enroll"):
+            return httpx.Response(201, json={"device_token": "t"})
+        if down:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json={"action": "none", "next_check_seconds": 7})
+
+    director, _ = fleet_parts(config, httpx.MockTransport(handle))
+    source = _Source([rel("1.0")])
+    director.decide(device("1.0"), source, NOW)  # type: ignore[arg-type]
+    assert director.next_check(config.poll_interval) == 7
+    down = True
+    with pytest.raises(FleetupError):
+        director.decide(device("1.0"), source, NOW)  # type: ignore[arg-type]
+    assert director.next_check(config.poll_interval) == 3600

@@ -9,6 +9,7 @@ import pytest
 from fleetup._cohort import cohort_of
 from fleetup._groups import parse_group
 from fleetup.errors import UsageError
+from fleetup.server._gate import GroupCounts, control_gate
 from fleetup.server._rollouts import (
     TRANSITIONS,
     Action,
@@ -23,6 +24,7 @@ from fleetup.server._rollouts import (
     VerdictKind,
     decide,
     eligibility,
+    gated_verdict,
     outcomes,
     parse_stages,
     sources_of,
@@ -195,9 +197,16 @@ def test_an_older_rollout_does_not_offer_what_a_newer_abort_took_back() -> None:
 def test_transition_table_allows_only_its_rows() -> None:
     assert transition(RolloutState.ACTIVE, RolloutEvent.HALT) is RolloutState.PAUSED
     assert transition(RolloutState.PAUSED, RolloutEvent.RESUME) is RolloutState.ACTIVE
-    assert transition(RolloutState.COMPLETED, RolloutEvent.ABORT) is None
+    assert transition(RolloutState.COMPLETED, RolloutEvent.RESUME) is None
     assert transition(RolloutState.ABORTED, RolloutEvent.RESUME) is None
-    assert set(sources_of(RolloutEvent.ABORT)) == {RolloutState.ACTIVE, RolloutState.PAUSED}
+    assert set(sources_of(RolloutEvent.ABORT)) == {RolloutState.ACTIVE, RolloutState.PAUSED,
+                                                   RolloutState.COMPLETED}
+
+
+def test_a_completed_rollout_can_be_reverted() -> None:
+    # The revert row: a bad release found after 100 % goes back (abort with rollback).
+    assert transition(RolloutState.COMPLETED, RolloutEvent.ABORT) is RolloutState.ABORTED
+    assert transition(RolloutState.COMPLETED, RolloutEvent.HALT) is None
 
 
 def test_every_state_is_reachable_and_finished_states_are_final() -> None:
@@ -209,8 +218,18 @@ def test_every_state_is_reachable_and_finished_states_are_final() -> None:
                 reached.add(target)
                 frontier.append(target)
     assert reached == set(RolloutState)
-    assert not [row for row in TRANSITIONS if row[0] in (RolloutState.COMPLETED,
-                                                         RolloutState.ABORTED)]
+    assert not [row for row in TRANSITIONS if row[0] is RolloutState.ABORTED]
+    assert [row for row in TRANSITIONS if row[0] is RolloutState.COMPLETED] == [
+        (RolloutState.COMPLETED, RolloutEvent.ABORT)]
+
+
+def test_a_gate_halt_pauses_an_active_rollout_only() -> None:
+    halt = control_gate(GroupCounts(100, 30), GroupCounts(100, 3), max_increase=0.02,
+                        confidence=0.95, min_each=5)
+    advance = Verdict(VerdictKind.ADVANCE, "healthy")
+    assert gated_verdict(plan(), advance, halt) == Verdict(VerdictKind.PAUSE, halt.reason)
+    assert gated_verdict(plan(), advance, None) is advance
+    assert gated_verdict(plan(state=RolloutState.PAUSED), advance, halt) is advance
 
 
 def test_verdicts_are_lifecycle_events() -> None:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from fleetup._protocol import FAILURE_EVENTS, EventType
 from fleetup.errors import ServerAPIError
 from fleetup.server import _crud
 from fleetup.server._fleet import DeviceEntry, Fleet
@@ -108,7 +109,23 @@ def report_events(body: EventsRequest, device: DeviceDep, session: SessionDep,
         fleet.changed()
         kinds = {row["event_id"]: row["type"] for row in rows}
         metrics.count_events(kinds[event_id] for event_id in accepted)
+        crossing = _may_cross(fleet, device.app, [r for r in rows
+                                                  if r["event_id"] in set(accepted)])
+        if crossing:
+            fleet.evaluate_reported(crossing)
     return EventsResponse(accepted=accepted, duplicates=duplicates)
+
+
+def _may_cross(fleet: Fleet, app: str, rows: list[dict[str, Any]]) -> set[int]:
+    """Rollouts a stored failure may have pushed over a threshold: judged now, not at
+    the next tick. Only failures can halt, so a healthy fleet's reports cost nothing."""
+    ids: set[int] = set()
+    for row in rows:
+        if row["type"] in FAILURE_EVENTS and row["rollout_id"]:
+            ids.add(row["rollout_id"])
+        elif row["type"] == EventType.HEALTH_REPORT and row["details"].get("ok") is not True:
+            ids |= fleet.gated_rollouts(app)
+    return ids
 
 
 @router.get("/me", response_model=DevicePublic)

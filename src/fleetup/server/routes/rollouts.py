@@ -8,8 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from fleetup.server import _crud
+from fleetup.server._gate import GroupCounts
 from fleetup.server._models import Rollout
 from fleetup.server._operations import (
+    RolloutReport,
     change_rollout,
     dry_run_rollout,
     explain_rollout,
@@ -23,6 +25,8 @@ from fleetup.server._schemas import (
     RolloutDevicesPublic,
     RolloutDryRun,
     RolloutDryRunStage,
+    RolloutGate,
+    RolloutGroup,
     RolloutPublic,
     RolloutsPublic,
     RolloutStats,
@@ -42,7 +46,24 @@ def _public(row: Rollout, stats: RolloutStats | None = None) -> RolloutPublic:
         stage_started_at=row.stage_started_at, state=row.state,  # type: ignore[arg-type]
         state_reason=row.state_reason, rollback=row.rollback, created_at=row.created_at,
         created_by=row.created_by, updated_at=row.updated_at, revision=row.revision,
-        stats=stats)
+        max_failure_increase=row.max_failure_increase, confidence=row.confidence,
+        on_halt=row.on_halt, stats=stats)  # type: ignore[arg-type]
+
+
+def _gate(report: RolloutReport) -> RolloutGate | None:
+    gate, plan = report.gate, report.plan
+    if gate is None or plan.max_failure_increase is None:
+        return None
+    return RolloutGate(
+        verdict=gate.verdict.value, treated=_group(gate.treated),
+        control=_group(gate.control), difference=gate.difference,
+        max_failure_increase=plan.max_failure_increase, confidence=plan.confidence,
+        z=gate.z, p_value=gate.p_value, reason=gate.reason)
+
+
+def _group(counts: GroupCounts) -> RolloutGroup:
+    return RolloutGroup(devices=counts.devices, failures=counts.failures,
+                        failure_rate=counts.rate)
 
 
 @router.get("", response_model=RolloutsPublic)
@@ -84,7 +105,7 @@ def read_rollout(rollout_id: RowId, session: SessionDep, _: ViewerDep) -> Rollou
     return _public(row, RolloutStats(
         stage_targeted=s.stage_targeted, stage_reports=s.stage_reports,
         stage_failures=s.stage_failures, total_reports=s.total_reports,
-        total_failures=s.total_failures, next=report.verdict.reason))
+        total_failures=s.total_failures, next=report.verdict.reason, gate=_gate(report)))
 
 
 @router.get("/{rollout_id}/devices", response_model=RolloutDevicesPublic)
