@@ -178,6 +178,8 @@ async def _drive(scenario: Scenario, devices: int, interval: int, server: Server
     outcome = Outcome(scenario, devices, interval, server.workers, db_url.split(":")[0],
                       fleet)
     await fleet.enroll_all(tokens["enroll"])
+    print(f"fleet_sim: {devices} devices enrolled in {fleet.seen.enroll_seconds:.0f} s; "
+          f"rollout of 1.1 starts", file=sys.stderr)
     fleet.seen.start = time.monotonic()
     operator = Operator(server, tokens, outcome)
     await operator.start_rollout()
@@ -278,7 +280,8 @@ class Operator:
         response = await client.post(f"/api/v1/rollouts/{self.rollout_id}/abort",
                                      json={"rollback": True, "reason": "fleet_sim"})
         response.raise_for_status()
-        self.outcome.abort_at = self.outcome.fleet.seen.now()
+        self.outcome.abort_at = self.outcome.fleet.seen.abort_at = \
+            self.outcome.fleet.seen.now()
 
     def _check_back(self) -> None:
         outcome = self.outcome
@@ -325,10 +328,16 @@ def figures(o: Outcome) -> list[tuple[str, str, str]]:
                      f"{(paused - o.crossed_at) / iv:.2f} intervals", "≤ 2"))
         exposed = len({d for t, d, _ in seen.offers if t > o.crossed_at})
         rows.append(("devices offered 1.1 after the crossing", str(exposed), "0"))
+    if paused is not None:
+        before = len({d for t, d, _ in seen.offers if t <= paused})
+        rows.append(("devices exposed before the halt (fixed threshold)", str(before),
+                     "report"))
     if o.abort_at is not None:
         back = "not within the run" if o.back_at is None else \
             f"{(o.back_at - o.abort_at) / iv:.2f} intervals"
         rows.append(("abort --rollback until all on 1.0", back, "≤ 1"))
+        rows.append(("check-ins on 1.1 after the abort not sent back",
+                     f"{seen.late_answers} (of {len(seen.rollbacks)} rollback orders)", "0"))
     if o.scenario.kill_at_intervals is not None:
         lost = len(seen.sent - o.stored)
         extra = o.stored_rows - len(o.stored) + len(o.stored - seen.sent)

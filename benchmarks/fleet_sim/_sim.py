@@ -67,6 +67,8 @@ class Observed:
     outcomes: list[tuple[float, str, bool]] = field(default_factory=list)  # acked t, ok
     rollbacks: list[tuple[float, str]] = field(default_factory=list)
     stage_index: int = 0  # the rollout's stage as last polled
+    abort_at: float | None = None  # when the operator aborted with --rollback
+    late_answers: int = 0  # check-ins on the new release after the abort not sent back
 
     def now(self) -> float:
         return time.monotonic() - self.start
@@ -201,6 +203,9 @@ class Fleet:
 
     def _obey(self, device: Device, answer: dict[str, Any]) -> None:
         action, rollout = answer.get(A_ACTION), answer.get(A_ROLLOUT)
+        if self.seen.abort_at is not None and device.version != "1.0" and \
+                action != CheckinAction.ROLLBACK:
+            self.seen.late_answers += 1
         if action == CheckinAction.INSTALL:
             self.seen.offers.append((self.seen.now(), device.device_id,
                                      self.seen.stage_index))
