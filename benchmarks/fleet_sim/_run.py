@@ -309,6 +309,9 @@ def figures(o: Outcome) -> list[tuple[str, str, str]]:
     rate = len(seen.checkin_latency) / o.run_seconds if o.run_seconds else 0.0
     ms = [x * 1000 for x in seen.checkin_latency]
     enroll_ms = [x * 1000 for x in seen.enroll_latency]
+    # The period devices really checked in at: a client (or server) that cannot keep up
+    # stretches it, and delays then say more in these intervals than in nominal ones.
+    period = o.devices / rate if rate else float("nan")
     took = {d for _, d, _ in seen.offers}
     outside = {d for _, d, stage in seen.offers if stage > 0}
     rows = [
@@ -316,6 +319,8 @@ def figures(o: Outcome) -> list[tuple[str, str, str]]:
          f"{percentile(enroll_ms, 0.99):.0f} ms", "no queue on a fleet re-enrolling"),
         ("check-ins", f"{rate:.0f}/s, p50 {percentile(ms, 0.5):.1f} ms, p99 "
          f"{percentile(ms, 0.99):.1f} ms ({seen.checkin_errors} failed)", "report"),
+        ("effective check-in period", f"{period:.1f} s ({period / iv:.2f} × the nominal "
+         f"{iv} s)", "1.00 × (else the client or server is saturated)"),
         ("devices that took 1.1", f"{len(took)} (stage 1 targets {o.stage_one_size}; "
          f"{len(outside)} offered in a later stage)",
          "none outside stage 1" if o.scenario.fail_share >= 0.1 else "report"),
@@ -325,7 +330,7 @@ def figures(o: Outcome) -> list[tuple[str, str, str]]:
     paused = next((d.t for d in o.decisions if d.what == "paused"), None)
     if o.crossed_at is not None and paused is not None:
         rows.append(("halt delay after the threshold was crossed",
-                     f"{(paused - o.crossed_at) / iv:.2f} intervals", "≤ 2"))
+                     _intervals(paused - o.crossed_at, iv, period), "≤ 2"))
         exposed = len({d for t, d, _ in seen.offers if t > o.crossed_at})
         rows.append(("devices offered 1.1 after the crossing", str(exposed), "0"))
     if paused is not None:
@@ -334,7 +339,7 @@ def figures(o: Outcome) -> list[tuple[str, str, str]]:
                      "report"))
     if o.abort_at is not None:
         back = "not within the run" if o.back_at is None else \
-            f"{(o.back_at - o.abort_at) / iv:.2f} intervals"
+            _intervals(o.back_at - o.abort_at, iv, period)
         rows.append(("abort --rollback until all on 1.0", back, "≤ 1"))
         rows.append(("check-ins on 1.1 after the abort not sent back",
                      f"{seen.late_answers} (of {len(seen.rollbacks)} rollback orders)", "0"))
@@ -345,3 +350,8 @@ def figures(o: Outcome) -> list[tuple[str, str, str]]:
                      f"{len(seen.sent)} / {o.stored_rows}: {lost} lost, {extra} doubled",
                      "0 lost, 0 doubled"))
     return rows
+
+
+def _intervals(seconds: float, nominal: float, effective: float) -> str:
+    return (f"{seconds / nominal:.2f} intervals ({seconds / effective:.2f} effective; "
+            f"{seconds:.1f} s)")
