@@ -68,6 +68,7 @@ class EventType(enum.StrEnum):
     # The installed release is yanked and nothing this device's policy allows can
     # replace it: it stays, and says so once, so that the server can alert.
     RUNNING_YANKED = "running-yanked"
+    SELF_UPDATE_FAILED = "self-update-failed"  # a new agent did not prove itself
     UPDATE_HELD = "update-held"  # staged, but the device's pre-update check said "not now"
     # The release a device runs, re-checked every ``[health] interval``: ``details.ok``.
     # Not an update outcome; the control-group gate (``server._gate``) reads it.

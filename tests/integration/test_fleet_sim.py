@@ -12,7 +12,7 @@ from benchmarks.fleet_sim.scenarios import Scenario
 from tests.support.fleet import free_port
 
 BAD = Scenario("bad-small", "fails health everywhere it goes", fail_share=1.0,
-               stages=(10, 100), soak_intervals=3, min_reports=3, abort_on_pause=False,
+               stages=(20, 100), soak_intervals=3, min_reports=3, abort_on_pause=False,
                length_intervals=8)
 
 
@@ -25,7 +25,9 @@ def test_a_bad_release_stays_in_stage_one_and_pauses(tmp_path: Path) -> None:
     assert outcome.rollout["stage_index"] == 0
     assert [d.what for d in outcome.decisions] == ["paused"]
     took = {device for _, device, _ in seen.offers}
-    assert 3 <= len(took) <= outcome.stage_one_size == 5
+    # Cohorts hash a random key the server makes at enrolment: stage 1 holds about 10 of
+    # the 50 devices, never all of them, and only its devices took the release.
+    assert 3 <= len(took) <= outcome.stage_one_size < 50
     assert all(stage == 0 for _, _, stage in seen.offers)
     assert all(d.version == "1.0" for d in outcome.fleet.devices)  # each rolled back
     assert seen.sent == outcome.stored

@@ -29,7 +29,7 @@ MAJOR, MINOR, MICRO = [*map(int, fleetup.__version__.split(".")[:3]), 0, 0][:3]
 GOOD, BROKEN = f"{MAJOR}.{MINOR}.{MICRO + 1}", f"{MAJOR}.{MINOR}.{MICRO + 2}"
 DEVICE_DEPENDENCIES = ["tuf>=7.0.1,<8", "securesystemslib[crypto]>=1.2", "httpx>=0.27,<1",
                        "zstandard>=0.23", "bsdiff4>=1.2", "click>=8.1", "rich>=13",
-                       "packaging>=23"]
+                       "packaging>=23", "hdiffpatch>=2.6"]
 
 APP = b"""#!/bin/sh
 echo $$ > "$FLEETUP_DATA/app.pid"

@@ -20,7 +20,7 @@ import pytest
 from fleetup._cohort import cohort_of
 from tests.integration.server.conftest import Fleet, build_fleet
 from tests.security._table import Attack, attack, rows, run_row
-from tests.support.fleet import SimDevice, cli
+from tests.support.fleet import SimDevice, cli, wait_for
 
 ATTACKS: list[Attack] = []
 
@@ -70,9 +70,16 @@ def _foreign_reports(evidence_fleet: Fleet) -> None:
     answer = honest.checkin()
     assert answer["action"] == "install"
     honest.install(answer)
-    info = _rollout(fleet, rollout_id)
-    assert (info["stats"]["total_reports"], info["stats"]["total_failures"]) == (1, 0)
-    assert info["state"] == "active"
+
+    def counted() -> tuple[int, int]:
+        stats = _rollout(fleet, rollout_id)["stats"]
+        return int(stats["total_reports"]), int(stats["total_failures"])
+
+    # The offer is written with the server's next check-in batch: wait for the honest
+    # report to count; the forged ones never may (a failure would show at once).
+    wait_for(lambda: counted() != (0, 0), what="the honest report")
+    assert counted() == (1, 0)
+    assert _rollout(fleet, rollout_id)["state"] == "active"
 
 
 def _ground_id(salt: str, below: float) -> str:
