@@ -370,3 +370,57 @@ def test_operator_pages_pick_chart_summarize_and_filter(page: Page,
     assert digest not in title
     assert f"sha256 is {digest[:12]}…, expected {'cd' * 6}…" in title
     page.screenshot(path=str(ARTIFACTS / "dashboard-alerts.png"), full_page=True)
+
+
+@pytest.mark.browser
+def test_an_admin_sets_and_unsets_a_flag_a_viewer_only_reads(page: Page,
+                                                             seeded: tuple[Fleet, int, int]
+                                                             ) -> None:
+    fleet, _, _ = seeded
+    sign_in(page, fleet, "admin")
+    page.click("nav a[href='/flags']")
+    page.wait_for_selector("#flag-form")
+    assert page.locator("#flag-app select option:checked").inner_text() == "hello"
+    page.fill("#flag-form input[name=name]", "new_ui")
+    page.fill("#flag-form input[name=value]", "true")
+    page.select_option("#flag-form select[name=scope]", "channel")
+    page.fill("#flag-form input[name=key]", "beta")
+    page.click("#flag-set")
+    page.wait_for_selector("#flags-channel tr[data-flag=new_ui]")
+    row = page.locator("#flags-channel tr[data-flag=new_ui]")
+    assert row.get_attribute("data-key") == "beta"
+    assert "true" in row.inner_text()
+    assert "Flag value set." in page.inner_text(".notice")
+    # The page wrote through the API's own function: the API sees it, the audit has it.
+    assert _api(fleet, "GET", "/flags/hello", "viewer")[0]["scope_key"] == "beta"
+    audit = _api(fleet, "GET", "/audit", params={"limit": 1000})["data"]
+    assert any(e["action"] == "flag.set" and e["target"] == "flag:hello/new_ui"
+               and e["details"]["key"] == "beta" for e in audit), audit
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-flags.png"), full_page=True)
+
+    # A bad value is refused with the API's message and stores nothing.
+    page.fill("#flag-form input[name=name]", "broken")
+    page.fill("#flag-form input[name=value]", "[1, 2]")
+    page.click("#flag-set")
+    assert "a flag's value is a string" in page.inner_text("main")
+    assert len(_api(fleet, "GET", "/flags/hello")) == 1
+
+    page.goto(f"{fleet.server.url}/flags?app=hello")
+    page.click("#flags-channel tr[data-flag=new_ui] button")
+    page.wait_for_selector("#flags-channel td.muted")
+    assert _api(fleet, "GET", "/flags/hello") == []
+
+    # A viewer reads the page but has no form, and a forged POST is refused.
+    _api(fleet, "PUT", "/flags/hello/theme", json={"value": "dark"})
+    page.context.clear_cookies()
+    sign_in(page, fleet, "viewer")
+    page.goto(f"{fleet.server.url}/flags?app=hello")
+    assert "dark" in page.inner_text("#flags-default tr[data-flag=theme]")
+    assert page.locator("#flag-form").count() == 0
+    assert page.locator("#flags-default button").count() == 0
+    csrf = page.get_attribute("input[name=csrf]", "value")
+    refused = page.request.post(f"{fleet.server.url}/flags/hello/unset",
+                                form={"csrf": csrf or "", "name": "theme"}, max_redirects=0)
+    assert refused.status == 403
+    assert len(_api(fleet, "GET", "/flags/hello")) == 1

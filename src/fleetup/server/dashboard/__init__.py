@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from fleetup.errors import ServerAPIError
+from fleetup.server.dashboard._flag_pages import router as flag_router
 from fleetup.server.dashboard._pages import router
 from fleetup.server.dashboard._render import on_login_required, on_page_error, pages_in_html
 from fleetup.server.dashboard._session import LoginRequired, PageError
@@ -33,6 +34,7 @@ def install_dashboard(app: FastAPI) -> None:
     browser asking for a page gets HTML while API clients keep their JSON errors.
     """
     app.include_router(router)
+    app.include_router(flag_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="dashboard-static")
     app.add_exception_handler(PageError, on_page_error)
     app.add_exception_handler(LoginRequired, on_login_required)

@@ -49,6 +49,7 @@ NOTICES = {
     "abort": "Rollout aborted.", "start": "Rollout started.", "ack": "Alert acknowledged.",
     "rule-created": "Alert rule created.", "rule-deleted": "Alert rule deleted.",
     "rule-updated": "Alert rule updated.", "signed-out": "Signed out.",
+    "flag-set": "Flag value set.", "flag-unset": "Flag value removed.",
 }
 
 _NOT_PAGES = ("/api/", "/repo/", "/static/")
